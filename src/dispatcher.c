@@ -1,0 +1,874 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatcher.c
+ *	  The per-database loop: claim due tasks, run them, record outcomes.
+ *
+ * A batch takes two short transactions:
+ *
+ *	1. claim	up to taskq.batch_size due tasks, in order priority DESC,
+ *				run_at, id, skipping rows other dispatchers hold (FOR UPDATE
+ *				SKIP LOCKED), and mark them 'running' with our pid.  Its
+ *				commit need not be durable: a lost claim only returns the
+ *				tasks to the queue.
+ *	2. run		each task in its own subtransaction, as the role that
+ *				enqueued it, under its timeout; the handler's writes and the
+ *				task's new status commit together, so a function handler's
+ *				effects happen exactly once.  The transaction commits after
+ *				the batch, or sooner when it has run for a while, to keep
+ *				row locks and the xmin horizon short.
+ *
+ * Between batches a dispatcher holds no transaction, snapshot or lock.  A
+ * task that another session cancels while it runs is interrupted at that
+ * session's commit (shmem.c); our status update then finds the task no
+ * longer 'running' and we roll the handler's subtransaction back.
+ *
+ * Maintenance (at most once a second): charge crash suspects and return
+ * orphaned 'running' tasks to the queue, redeliver notify tasks whose
+ * lease ran out, expire tasks past expires_at, and remove ended tasks
+ * older than taskq.retention.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "taskq.h"
+
+#include "access/xact.h"
+#include "catalog/pg_authid.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#if PG_VERSION_NUM >= 150000
+#include "common/pg_prng.h"
+#endif
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lmgr.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#define RUN_TRANSACTION_MS	200	/* commit a batch's run transaction after this */
+#define MAINTENANCE_MS		1000
+#define LOCK_CHECK_MS		1000	/* idle wake-up to notice DROP DATABASE */
+#define MAX_BATCH_HANDLERS	8
+
+static int	my_slotno = -1;
+static TaskqSlot *my_slot = NULL;
+static MemoryContext batch_ctx = NULL;
+static TimestampTz last_maintenance = 0;
+static char my_dbname[NAMEDATALEN];
+
+static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr success_plan = NULL;
+static SPIPlanPtr failure_plan = NULL;
+static SPIPlanPtr reap_plan = NULL;
+static SPIPlanPtr lease_plan = NULL;
+static SPIPlanPtr expire_plan = NULL;
+static SPIPlanPtr retention_plan = NULL;
+static SPIPlanPtr next_due_plan = NULL;
+
+/* ----------------------------------------------------------------
+ * Slot bookkeeping
+ * ----------------------------------------------------------------
+ */
+
+static void
+set_state(TaskqWorkerState state)
+{
+	my_slot->state = state;
+}
+
+/*
+ * Publish (or, with task NULL, clear) the task whose handler runs now.
+ * Under the lock, so that cancel's signal and our moving on are ordered.
+ */
+static void
+set_current_task(TaskqTask *task)
+{
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	my_slot->current_task = task ? task->id : 0;
+	if (task)
+	{
+		my_slot->task_started_at = GetCurrentTimestamp();
+		strlcpy(my_slot->current_queue, task->queue, sizeof(my_slot->current_queue));
+	}
+	LWLockRelease(taskq_lock());
+	taskq_suspect_file_write(MyDatabaseId, task ? task->id : 0);
+}
+
+/*
+ * Before exit: a handler that was running when we exited (FATAL, e.g. it
+ * terminated its own backend) becomes a crash suspect; then free the slot.
+ */
+static void
+dispatcher_exit(int code, Datum arg)
+{
+	if (my_slot == NULL)
+		return;
+	if (my_slot->current_task != 0)
+	{
+		taskq_add_suspect(my_slot->dboid, my_slot->current_task);
+		/* the shared suspect replaces the file; keep it only for a crash */
+	}
+	if (!LWLockHeldByMe(taskq_lock()))
+		LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	my_slot->pid = 0;
+	my_slot->procno = -1;
+	my_slot->current_task = 0;
+	LWLockRelease(taskq_lock());
+	taskq_suspect_file_remove(my_slotno);
+}
+
+/*
+ * SIGQUIT (the postmaster resetting after another process crashed):
+ * clear our crash marker first, so only the process that actually died
+ * has its task charged.  pwrite is async-signal-safe.
+ */
+static void
+dispatcher_quickdie(SIGNAL_ARGS)
+{
+	taskq_suspect_file_write(InvalidOid, 0);
+	SignalHandlerForCrashExit(postgres_signal_arg);
+}
+
+static void
+exit_because(TaskqExitReason reason)
+{
+	my_slot->exit_reason = reason;
+	proc_exit(0);
+}
+
+/*
+ * Whether DROP DATABASE or CREATE DATABASE ... TEMPLATE wants this
+ * database to ourselves: they hold a lock on it that conflicts with the
+ * one a new session takes.  If so we leave; they wait 5 s for us.
+ */
+static bool
+database_wanted_elsewhere(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_OBJECT(tag, InvalidOid, DatabaseRelationId, MyDatabaseId, 0);
+	if (LockAcquire(&tag, RowExclusiveLock, true, true) == LOCKACQUIRE_NOT_AVAIL)
+		return true;
+	LockRelease(&tag, RowExclusiveLock, true);
+	return false;
+}
+
+static void
+between_batches(void)
+{
+	/*
+	 * A cancel aimed at a handler that finished first arrives late; there
+	 * is nothing to cancel now.
+	 */
+	QueryCancelPending = false;
+	CHECK_FOR_INTERRUPTS();
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (database_wanted_elsewhere())
+	{
+		ereport(LOG,
+				(errmsg("taskq dispatcher exiting so that database \"%s\" can be dropped or copied",
+						my_dbname)));
+		exit_because(TASKQ_EXIT_DATABASE_BUSY);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Transactions
+ * ----------------------------------------------------------------
+ */
+
+static void
+begin_tx(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+/*
+ * Commit.  durable = false commits without waiting for the WAL flush,
+ * for transactions whose loss in a crash is harmless.
+ */
+static void
+commit_tx(bool durable)
+{
+	int			save = synchronous_commit;
+
+	SPI_finish();
+	PopActiveSnapshot();
+	if (!durable)
+		synchronous_commit = SYNCHRONOUS_COMMIT_OFF;
+	CommitTransactionCommand();
+	synchronous_commit = save;
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/* Whether the extension exists here; checked in every transaction. */
+static bool
+extension_present(void)
+{
+	return OidIsValid(get_extension_oid("taskq", true));
+}
+
+/* ----------------------------------------------------------------
+ * Maintenance
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Charge crash suspects and requeue orphans, in one statement: a task is
+ * an orphan when it is 'running' but its dispatcher is gone.  An orphan
+ * that was a suspect (its handler was running when its dispatcher died)
+ * is charged an attempt; the others were only claimed and go back as they
+ * were.  The suspect check runs after the liveness check, and a dying
+ * dispatcher records its suspect before it leaves its slot, so no suspect
+ * is requeued uncharged.
+ */
+static void
+reap_orphans(void)
+{
+	uint64		i;
+	int64		charged[64];
+	int			ncharged = 0;
+	int			ret;
+	const char *sql =
+		"UPDATE taskq.tasks t SET"
+		"  attempts = t.attempts OPERATOR(pg_catalog.+) o.charge,"
+		"  worker_pid = NULL,"
+		"  last_error = CASE WHEN o.charge OPERATOR(pg_catalog.=) 1"
+		"    THEN 'the dispatcher exited abnormally while running this task (attempt '"
+		"         OPERATOR(pg_catalog.||) (t.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text OPERATOR(pg_catalog.||) ')'"
+		"    ELSE t.last_error END,"
+		"  status = CASE WHEN o.charge OPERATOR(pg_catalog.=) 1"
+		"    AND t.attempts OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) t.max_attempts"
+		"    THEN 'failed' ELSE 'queued' END::taskq.status,"
+		"  finished_at = CASE WHEN o.charge OPERATOR(pg_catalog.=) 1"
+		"    AND t.attempts OPERATOR(pg_catalog.+) 1 OPERATOR(pg_catalog.>=) t.max_attempts"
+		"    THEN pg_catalog.clock_timestamp() END"
+		" FROM (SELECT id, taskq._crash_suspect(id)::pg_catalog.int4 AS charge"
+		"       FROM taskq.tasks"
+		"       WHERE status OPERATOR(pg_catalog.=) 'running'"
+		"         AND NOT taskq._dispatcher_alive(worker_pid, started_at)"
+		"       FOR UPDATE SKIP LOCKED) o"
+		" WHERE t.id OPERATOR(pg_catalog.=) o.id"
+		" RETURNING t.id, o.charge, t.status::pg_catalog.text, t.queue, t.handler";
+
+	ret = SPI_execute_plan(taskq_prepare(&reap_plan, sql, 0, NULL), NULL, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "taskq: reaping orphaned tasks failed: %s", SPI_result_code_string(ret));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		charge = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)) == 1;
+		char	   *status = SPI_getvalue(tup, desc, 3);
+
+		if (charge)
+		{
+			if (ncharged < (int) lengthof(charged))
+				charged[ncharged++] = id;
+			ereport(LOG,
+					(errmsg("taskq: task " INT64_FORMAT " was running when its dispatcher exited abnormally; charged one attempt, now %s",
+							id, status)));
+			taskq_count_outcome(MyDatabaseId, SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
+								0, strcmp(status, "failed") == 0, strcmp(status, "failed") != 0);
+		}
+		else
+			elog(DEBUG1, "taskq: requeued task " INT64_FORMAT " claimed by a dispatcher that exited", id);
+	}
+	taskq_forget_suspects(MyDatabaseId, charged, ncharged);
+}
+
+static void
+maintenance(void)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1];
+	int			ret;
+
+	set_state(TASKQ_STATE_MAINTENANCE);
+	reap_orphans();
+
+	/* Notify tasks whose lease ran out are delivered again, or fail. */
+	ret = SPI_execute_plan(taskq_prepare(&lease_plan,
+										 "UPDATE taskq.tasks SET lease_until = NULL,"
+										 " status = CASE WHEN attempts OPERATOR(pg_catalog.>=) max_attempts"
+										 "   THEN 'failed' ELSE 'queued' END::taskq.status,"
+										 " finished_at = CASE WHEN attempts OPERATOR(pg_catalog.>=) max_attempts"
+										 "   THEN pg_catalog.clock_timestamp() END,"
+										 " run_at = pg_catalog.clock_timestamp(),"
+										 " last_error = 'no ack() within taskq.ack_timeout (attempt '"
+										 "   OPERATOR(pg_catalog.||) attempts::pg_catalog.text OPERATOR(pg_catalog.||) ')'"
+										 " WHERE id IN (SELECT id FROM taskq.tasks"
+										 "   WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
+										 "   AND lease_until OPERATOR(pg_catalog.<=) pg_catalog.now()"
+										 "   FOR UPDATE SKIP LOCKED)",
+										 0, NULL),
+						   NULL, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "taskq: expiring leases failed");
+	if (SPI_processed > 0)
+		elog(DEBUG1, "taskq: " UINT64_FORMAT " notify tasks were not acknowledged in time", SPI_processed);
+
+	/* Queued tasks past expires_at end 'expired'. */
+	ret = SPI_execute_plan(taskq_prepare(&expire_plan,
+										 "UPDATE taskq.tasks SET status = 'expired', finished_at = pg_catalog.now()"
+										 " WHERE id IN (SELECT id FROM taskq.tasks"
+										 "   WHERE status OPERATOR(pg_catalog.=) 'queued'"
+										 "   AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
+										 0, NULL),
+						   NULL, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "taskq: expiring tasks failed");
+
+	/* Ended tasks older than taskq.retention are removed. */
+	values[0] = Int32GetDatum(taskq_retention);
+	ret = SPI_execute_plan(taskq_prepare(&retention_plan,
+										 "DELETE FROM taskq.tasks WHERE id IN (SELECT id FROM taskq.tasks"
+										 "   WHERE status IN ('completed', 'failed', 'cancelled', 'timeout', 'expired')"
+										 "   AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now()"
+										 "     OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))"
+										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
+										 1, types),
+						   values, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "taskq: removing old tasks failed");
+	last_maintenance = GetCurrentTimestamp();
+}
+
+/*
+ * When something next becomes due: the earliest future run_at of a queued
+ * task, or the earliest lease to run out.  Both are index range scans.
+ */
+static TimestampTz
+next_due(void)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute_plan(taskq_prepare(&next_due_plan,
+									   "SELECT LEAST("
+									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
+									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1),"
+									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
+									   "   ORDER BY lease_until LIMIT 1))",
+									   0, NULL),
+						 NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: computing the next due time failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+}
+
+/* ----------------------------------------------------------------
+ * Claim
+ * ----------------------------------------------------------------
+ */
+
+static int
+compare_tasks(const void *a, const void *b)
+{
+	const TaskqTask *x = a;
+	const TaskqTask *y = b;
+
+	if (x->priority != y->priority)
+		return x->priority > y->priority ? -1 : 1;
+	if (x->run_at != y->run_at)
+		return x->run_at < y->run_at ? -1 : 1;
+	return x->id < y->id ? -1 : (x->id > y->id ? 1 : 0);
+}
+
+/*
+ * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
+ * many (expired ones included, marked), or -1 if the extension is gone.
+ */
+static int
+claim(TaskqTask **tasks_out)
+{
+	Oid			types[2] = {INT4OID, INT4OID};
+	Datum		values[2];
+	TaskqTask  *tasks;
+	uint64		i;
+	int			n;
+	MemoryContext old;
+
+	set_state(TASKQ_STATE_CLAIMING);
+	begin_tx("taskq: claiming tasks");
+	if (!extension_present())
+	{
+		commit_tx(false);
+		return -1;
+	}
+	values[0] = Int32GetDatum(taskq_batch_size);
+	values[1] = Int32GetDatum(MyProcPid);
+	if (SPI_execute_plan(taskq_prepare(&claim_plan,
+									   "WITH c AS ("
+									   " SELECT t.id FROM taskq.tasks t"
+									   " WHERE t.status OPERATOR(pg_catalog.=) 'queued'"
+									   "   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+									   "   AND t.queue OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT name FROM taskq.queues WHERE paused))"
+									   "   AND t.handler OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled))"
+									   " ORDER BY t.priority DESC, t.run_at, t.id"
+									   " LIMIT $1 FOR UPDATE SKIP LOCKED)"
+									   " UPDATE taskq.tasks t SET"
+									   "  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+									   "    THEN 'expired' ELSE 'running' END::taskq.status,"
+									   "  worker_pid = $2, started_at = pg_catalog.now(),"
+									   "  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+									   "    THEN pg_catalog.now() END"
+									   " FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id"
+									   " RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts,"
+									   "  (pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
+									   "  t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata,"
+									   "  t.status OPERATOR(pg_catalog.=) 'expired'",
+									   2, types),
+						 values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "taskq: claiming tasks failed");
+
+	n = (int) SPI_processed;
+	old = MemoryContextSwitchTo(batch_ctx);
+	tasks = palloc0(sizeof(TaskqTask) * Max(n, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		TaskqTask  *t = &tasks[i];
+		bool		isnull;
+		Datum		d;
+
+		t->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		t->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		t->queue = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+		t->priority = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+		t->timeout_ms = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
+		t->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 8, &isnull));
+		t->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+		t->payload = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(tup, desc, 10, &isnull)));
+		d = SPI_getbinval(tup, desc, 11, &isnull);
+		t->metadata = isnull ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
+		t->expired = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
+	}
+	MemoryContextSwitchTo(old);
+	commit_tx(false);
+
+	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
+	*tasks_out = tasks;
+	return n;
+}
+
+/* ----------------------------------------------------------------
+ * Run
+ * ----------------------------------------------------------------
+ */
+
+int64
+taskq_backoff_ms(int attempt)
+{
+	double		ms = taskq_retry_backoff;
+	int			i;
+
+	for (i = 1; i < attempt && ms < taskq_retry_backoff_max; i++)
+		ms *= 2;
+	if (ms > taskq_retry_backoff_max)
+		ms = taskq_retry_backoff_max;
+	/* equal jitter: between half and all of the computed delay */
+#if PG_VERSION_NUM >= 150000
+	return (int64) (ms / 2 + (ms / 2) * pg_prng_double(&pg_global_prng_state));
+#else
+	return (int64) (ms / 2 + (ms / 2) * ((double) random() / MAX_RANDOM_VALUE));
+#endif
+}
+
+static void
+trace_dispatch(TaskqTask *task, TaskqHandler *h, const char *outcome)
+{
+	if (!taskq_trace)
+		return;
+	ereport(LOG,
+			(errmsg("taskq: dispatch task=" INT64_FORMAT " handler=%s kind=%s queue=%s mode=async delay=" INT64_FORMAT "ms priority=%d attempt=%d outcome=%s",
+					task->id, task->handler, h ? taskq_kind_name(h->kind) : "?",
+					task->queue,
+					(int64) ((GetCurrentTimestamp() - task->run_at) / 1000),
+					task->priority, task->attempts + 1, outcome),
+			 errhidestmt(true)));
+}
+
+/*
+ * Record a handler's success inside its subtransaction.  False if the task
+ * is no longer ours (cancelled meanwhile): the caller rolls back.
+ */
+static bool
+record_success(TaskqTask *task, TaskqOutcome *out)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, JSONBOID, INT4OID, INT4OID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	values[0] = Int64GetDatum(task->id);
+	values[1] = CStringGetTextDatum(out->status);
+	values[2] = out->result;
+	nulls[2] = out->result_null ? 'n' : ' ';
+	values[3] = Int32GetDatum(taskq_ack_timeout);
+	values[4] = Int32GetDatum(MyProcPid);
+	if (SPI_execute_plan(taskq_prepare(&success_plan,
+									   "UPDATE taskq.tasks SET status = $2::taskq.status,"
+									   " attempts = attempts OPERATOR(pg_catalog.+) 1, result = $3, worker_pid = NULL,"
+									   " finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'completed' THEN pg_catalog.clock_timestamp() END,"
+									   " lease_until = CASE WHEN $2 OPERATOR(pg_catalog.=) 'dispatched'"
+									   "   THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000.0) END"
+									   " WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'running'"
+									   " AND worker_pid OPERATOR(pg_catalog.=) $5",
+									   5, types),
+						 values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "taskq: recording the outcome of task " INT64_FORMAT " failed", task->id);
+	return SPI_processed == 1;
+}
+
+/*
+ * Record a failed attempt: queued again after the backoff, or ended
+ * ('failed', or 'timeout' when the last attempt timed out).
+ */
+static bool
+record_failure(TaskqTask *task, const char *error, bool timed_out)
+{
+	Oid			types[5] = {INT8OID, TEXTOID, INT8OID, TEXTOID, INT4OID};
+	Datum		values[5];
+	bool		final = task->attempts + 1 >= task->max_attempts;
+	char	   *msg = pstrdup(error);
+
+	if (strlen(msg) > TASKQ_ERROR_MAXLEN)
+		msg[TASKQ_ERROR_MAXLEN] = '\0';
+	values[0] = Int64GetDatum(task->id);
+	values[1] = CStringGetTextDatum(msg);
+	values[2] = Int64GetDatum(final ? -1 : taskq_backoff_ms(task->attempts + 1));
+	values[3] = CStringGetTextDatum(timed_out ? "timeout" : "failed");
+	values[4] = Int32GetDatum(MyProcPid);
+	if (SPI_execute_plan(taskq_prepare(&failure_plan,
+									   "UPDATE taskq.tasks SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
+									   " last_error = $2, worker_pid = NULL,"
+									   " status = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN $4 ELSE 'queued' END::taskq.status,"
+									   " finished_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.clock_timestamp() END,"
+									   " run_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN run_at"
+									   "   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
+									   " WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'running'"
+									   " AND worker_pid OPERATOR(pg_catalog.=) $5",
+									   5, types),
+						 values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "taskq: recording the failure of task " INT64_FORMAT " failed", task->id);
+	if (SPI_processed == 0)
+		return false;			/* cancelled meanwhile */
+
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	my_slot->failed++;
+	strlcpy(my_slot->last_error, msg, sizeof(my_slot->last_error));
+	my_slot->last_error_at = GetCurrentTimestamp();
+	LWLockRelease(taskq_lock());
+	taskq_count_outcome(MyDatabaseId, task->queue, task->handler, 0, final ? 1 : 0, final ? 0 : 1);
+	return true;
+}
+
+/* Look a handler up once per run transaction. */
+static TaskqHandler *
+batch_handler(TaskqHandler *cache, int *ncache, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < *ncache; i++)
+		if (strcmp(cache[i].name, name) == 0)
+			return &cache[i];
+	if (*ncache >= MAX_BATCH_HANDLERS)
+		*ncache = 0;
+	if (!taskq_lookup_handler(name, &cache[*ncache]))
+		return NULL;
+	return &cache[(*ncache)++];
+}
+
+/*
+ * Run one task in a subtransaction, as its owner, under its timeout, and
+ * record the outcome.  Errors of the handler are caught and recorded;
+ * errors recording them abort the whole run transaction (and the worker).
+ */
+static void
+run_task(TaskqTask *task, TaskqHandler *h)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool cancelled = false;
+	volatile bool ok = false;
+	TimestampTz start = GetCurrentTimestamp();
+	Oid			save_userid;
+	int			save_sec;
+	ErrorData  *edata = NULL;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	set_state(TASKQ_STATE_RUNNING);
+
+	PG_TRY();
+	{
+		TaskqOutcome out;
+		int			gucnest;
+
+		set_current_task(task);
+		if (h == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("handler \"%s\" is not registered", task->handler)));
+		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("the role that enqueued this task (OID %u) no longer exists", task->owner)));
+
+		SetUserIdAndSecContext(task->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		gucnest = NewGUCNestLevel();
+		enable_timeout_after(STATEMENT_TIMEOUT, (int) task->timeout_ms);
+		taskq_execute(task, h, false, &out);
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		AtEOXact_GUC(false, gucnest);	/* undo any SET the handler did */
+		SetUserIdAndSecContext(save_userid, save_sec);
+
+		if (!record_success(task, &out))
+		{
+			cancelled = true;
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("task " INT64_FORMAT " was cancelled while it ran", task->id)));
+		}
+		set_current_task(NULL);
+		CHECK_FOR_INTERRUPTS();	/* a cancel signal that raced with us */
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		ok = true;
+		trace_dispatch(task, h, out.status);
+		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
+							strcmp(out.status, "completed") == 0, 0, 0);
+	}
+	PG_CATCH();
+	{
+		disable_timeout(STATEMENT_TIMEOUT, false);
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		SetUserIdAndSecContext(save_userid, save_sec);
+		set_current_task(NULL);
+	}
+	PG_END_TRY();
+
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	my_slot->processed++;
+	LWLockRelease(taskq_lock());
+	if (ok)
+		return;
+
+	if (!cancelled)
+	{
+		bool		timed_out = edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), (int) task->timeout_ms);
+		char	   *error = timed_out ?
+			psprintf("timed out after " INT64_FORMAT " ms", task->timeout_ms) :
+			edata->message;
+
+		if (!record_failure(task, error, timed_out))
+			cancelled = true;
+		else
+			trace_dispatch(task, h, timed_out ? "timeout" : "error");
+	}
+	if (cancelled)
+		trace_dispatch(task, h, "cancelled");
+	FreeErrorData(edata);
+}
+
+/*
+ * Run a claimed batch.  The run transaction commits after the batch or
+ * after RUN_TRANSACTION_MS, whichever comes first.
+ */
+static void
+run_batch(TaskqTask *tasks, int n)
+{
+	int			i = 0;
+
+	while (i < n)
+	{
+		TaskqHandler cache[MAX_BATCH_HANDLERS];
+		int			ncache = 0;
+		TimestampTz started;
+
+		begin_tx("taskq: running tasks");
+		started = GetCurrentTimestamp();
+		for (; i < n; i++)
+		{
+			TaskqTask  *task = &tasks[i];
+
+			if (task->expired)
+			{
+				trace_dispatch(task, NULL, "expired");
+				continue;
+			}
+			run_task(task, batch_handler(cache, &ncache, task->handler));
+			if (TimestampDifferenceExceeds(started, GetCurrentTimestamp(), RUN_TRANSACTION_MS))
+			{
+				i++;
+				break;
+			}
+		}
+		commit_tx(true);
+	}
+	set_state(TASKQ_STATE_IDLE);
+}
+
+/* ----------------------------------------------------------------
+ * Main loop
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Find work and do it: maintenance when due, then batches while they come
+ * back full.  Returns when the queue has nothing due, with the time
+ * something next becomes due; exits if the extension is gone.
+ */
+static TimestampTz
+work(void)
+{
+	TimestampTz due;
+
+	for (;;)
+	{
+		TaskqTask  *tasks;
+		int			n;
+
+		if (TimestampDifferenceExceeds(last_maintenance, GetCurrentTimestamp(),
+									   Min(MAINTENANCE_MS, taskq_poll_interval)))
+		{
+			begin_tx("taskq: maintenance");
+			if (!extension_present())
+			{
+				commit_tx(false);
+				exit_because(TASKQ_EXIT_NO_EXTENSION);
+			}
+			maintenance();
+			commit_tx(true);
+		}
+
+		MemoryContextReset(batch_ctx);
+		n = claim(&tasks);
+		if (n < 0)
+			exit_because(TASKQ_EXIT_NO_EXTENSION);
+		if (n > 0)
+			run_batch(tasks, n);
+		between_batches();
+		if (!taskq_enabled)
+			return DT_NOEND;
+		if (n < taskq_batch_size)
+			break;
+	}
+
+	set_state(TASKQ_STATE_IDLE);
+	begin_tx("taskq: idle");
+	if (!extension_present())
+	{
+		commit_tx(false);
+		exit_because(TASKQ_EXIT_NO_EXTENSION);
+	}
+	due = next_due();
+	commit_tx(false);
+	return due;
+}
+
+void
+taskq_dispatcher_main(Datum arg)
+{
+	TimestampTz next_work = 0;
+
+	my_slotno = DatumGetInt32(arg);
+	my_slot = taskq_slot(my_slotno);
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGQUIT, dispatcher_quickdie);
+	BackgroundWorkerUnblockSignals();
+
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	if (!my_slot->in_use || my_slot->pid != 0)
+	{
+		LWLockRelease(taskq_lock());
+		my_slot = NULL;
+		proc_exit(0);			/* the launcher gave up this slot */
+	}
+	my_slot->pid = MyProcPid;
+	my_slot->procno = MyProc->pgprocno;
+	my_slot->started_at = GetCurrentTimestamp();
+	my_slot->state = TASKQ_STATE_STARTING;
+	my_slot->exit_reason = TASKQ_EXIT_ERROR;	/* until we know better */
+	my_slot->current_task = 0;
+	my_slot->processed = my_slot->failed = 0;
+	my_slot->last_error[0] = '\0';
+	LWLockRelease(taskq_lock());
+	before_shmem_exit(dispatcher_exit, (Datum) 0);
+
+	BackgroundWorkerInitializeConnectionByOid(my_slot->dboid, InvalidOid, 0);
+	my_slot->exit_reason = TASKQ_EXIT_NONE;
+	pgstat_report_appname("taskq dispatcher");
+	taskq_suspect_file_open(my_slotno);
+
+	batch_ctx = AllocSetContextCreate(TopMemoryContext, "taskq batch", ALLOCSET_DEFAULT_SIZES);
+	StartTransactionCommand();
+	strlcpy(my_dbname, get_database_name(MyDatabaseId), sizeof(my_dbname));
+	CommitTransactionCommand();
+	elog(DEBUG1, "taskq dispatcher %d started in database \"%s\"", my_slot->index, my_dbname);
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		int			rc;
+
+		if (now >= next_work)
+		{
+			TimestampTz due = DT_NOEND;
+
+			if (taskq_enabled)
+				due = work();
+			else
+				set_state(TASKQ_STATE_DISABLED);
+			now = GetCurrentTimestamp();
+			next_work = TimestampTzPlusMilliseconds(now, taskq_poll_interval);
+			if (due < next_work)
+				next_work = due;
+		}
+
+		rc = WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					   Max(1, Min(LOCK_CHECK_MS, (next_work - now + 999) / 1000)),
+					   PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		between_batches();
+		if (rc & WL_LATCH_SET)
+			next_work = 0;		/* a commit woke us: look now */
+	}
+}

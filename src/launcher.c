@@ -1,0 +1,506 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *	  The launcher: decides which databases get dispatchers, starts them,
+ *	  and starts them again when they exit.
+ *
+ * The launcher is a static background worker that starts when recovery
+ * has finished, so dispatchers run only on a primary (and start after a
+ * promotion).  It connects to no database and reads pg_database to turn
+ * taskq.databases into OIDs.  Dispatchers are dynamic workers that never
+ * restart by themselves; the launcher restarts them according to why they
+ * exited (see TaskqExitReason):
+ *
+ *	no extension	in 10 s, or at once when CREATE EXTENSION commits there
+ *	database busy	in 1 s (DROP DATABASE or a template copy wanted it)
+ *	error or crash	after a backoff doubling from 1 s to 1 min
+ *
+ * so a misconfigured database costs a log line, not a restart loop.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "taskq.h"
+
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#define RETRY_NO_EXTENSION_MS	10000
+#define RETRY_BUSY_MS			1000
+#define RETRY_ERROR_MIN_MS		1000
+#define RETRY_ERROR_MAX_MS		60000
+#define LAUNCHER_NAP_MS			10000
+
+/* What the launcher knows of one wanted dispatcher. */
+typedef struct Wanted
+{
+	Oid			dboid;
+	int			index;
+	int			slot;			/* -1 when not running */
+	BackgroundWorkerHandle *handle;
+	TimestampTz next_start;
+	int			failures;
+	TaskqExitReason last_exit;
+	bool		seen;			/* still wanted in this pass */
+} Wanted;
+
+static Wanted *wanted = NULL;
+static int	nwanted = 0;
+static int	maxwanted = 0;
+
+/* Databases we already logged about, so each problem is one log line. */
+static List *logged_problems = NIL;
+
+/* Names and OIDs of the databases seen, for log lines. */
+static List *db_names = NIL;
+static List *db_oids = NIL;
+
+void
+taskq_register_launcher(void)
+{
+	BackgroundWorker w;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = 1;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "taskq");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "taskq_launcher_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "taskq launcher");
+	snprintf(w.bgw_type, BGW_MAXLEN, "taskq launcher");
+	RegisterBackgroundWorker(&w);
+}
+
+static void
+launcher_exit(int code, Datum arg)
+{
+	taskq_set_launcher(false);
+}
+
+/* Log a problem with a database once, until it goes away. */
+static void
+log_once(const char *key, const char *fmt, const char *dbname)
+{
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, logged_problems)
+	{
+		if (strcmp((char *) lfirst(lc), key) == 0)
+			return;
+	}
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	logged_problems = lappend(logged_problems, pstrdup(key));
+	MemoryContextSwitchTo(old);
+	ereport(LOG, (errmsg(fmt, dbname)));
+}
+
+static void
+forget_problem(const char *key)
+{
+	ListCell   *lc;
+
+	foreach(lc, logged_problems)
+	{
+		if (strcmp((char *) lfirst(lc), key) == 0)
+		{
+			logged_problems = foreach_delete_current(logged_problems, lc);
+			return;
+		}
+	}
+}
+
+static Wanted *
+find_wanted(Oid dboid, int index)
+{
+	int			i;
+
+	for (i = 0; i < nwanted; i++)
+		if (wanted[i].dboid == dboid && wanted[i].index == index)
+			return &wanted[i];
+	if (nwanted == maxwanted)
+	{
+		maxwanted = Max(16, maxwanted * 2);
+		wanted = wanted ?
+			repalloc(wanted, sizeof(Wanted) * maxwanted) :
+			MemoryContextAlloc(TopMemoryContext, sizeof(Wanted) * maxwanted);
+	}
+	memset(&wanted[nwanted], 0, sizeof(Wanted));
+	wanted[nwanted].dboid = dboid;
+	wanted[nwanted].index = index;
+	wanted[nwanted].slot = -1;
+	return &wanted[nwanted++];
+}
+
+/*
+ * Resolve taskq.databases to the OIDs of databases that can run
+ * dispatchers, logging (once) the names that cannot.  Connected to no
+ * database, we read pg_database with a plain catalog scan, as the
+ * autovacuum launcher does: its caches are not available to us.
+ */
+static List *
+wanted_databases(void)
+{
+	char	   *raw = pstrdup(taskq_databases ? taskq_databases : "");
+	List	   *names;
+	List	   *oids = NIL;
+	ListCell   *lc;
+
+	MemoryContext old;
+
+	if (!SplitIdentifierString(raw, ',', &names))
+		return NIL;				/* the check hook refuses this */
+
+	list_free_deep(db_names);
+	list_free(db_oids);
+	db_names = NIL;
+	db_oids = NIL;
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	foreach(lc, names)
+	{
+		char	   *name = lfirst(lc);
+		char		key[NAMEDATALEN + 16];
+		Relation	rel;
+		TableScanDesc scan;
+		HeapTuple	tup;
+		bool		found = false;
+		bool		usable = false;
+		Oid			dboid = InvalidOid;
+
+		rel = table_open(DatabaseRelationId, AccessShareLock);
+		scan = table_beginscan_catalog(rel, 0, NULL);
+		while ((tup = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		{
+			Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+
+			if (strcmp(NameStr(db->datname), name) == 0)
+			{
+				found = true;
+				dboid = db->oid;
+				usable = db->datallowconn && !db->datistemplate;
+				break;
+			}
+		}
+		table_endscan(scan);
+		table_close(rel, AccessShareLock);
+
+		snprintf(key, sizeof(key), "missing:%s", name);
+		if (!found)
+		{
+			log_once(key, "taskq: database \"%s\" named in taskq.databases does not exist; no dispatcher runs for it", name);
+			continue;
+		}
+		forget_problem(key);
+		snprintf(key, sizeof(key), "unusable:%s", name);
+		if (!usable)
+		{
+			log_once(key, "taskq: database \"%s\" named in taskq.databases is a template or does not allow connections; no dispatcher runs for it", name);
+			continue;
+		}
+		forget_problem(key);
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		oids = lappend_oid(oids, dboid);
+		db_names = lappend(db_names, pstrdup(name));
+		db_oids = lappend_oid(db_oids, dboid);
+		MemoryContextSwitchTo(old);
+	}
+	CommitTransactionCommand();
+	list_free(names);
+	pfree(raw);
+	return oids;
+}
+
+/* The name under which taskq.databases named dboid. */
+static const char *
+database_name(Oid dboid)
+{
+	ListCell   *a,
+			   *b;
+
+	forboth(a, db_names, b, db_oids)
+	{
+		if (lfirst_oid(b) == dboid)
+			return lfirst(a);
+	}
+	return "?";
+}
+
+/* Take a free slot for a dispatcher; -1 if none. */
+static int
+take_slot(Oid dboid, int index)
+{
+	int			i;
+	int			found = -1;
+
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	for (i = 0; i < taskq_slot_count(); i++)
+	{
+		TaskqSlot  *s = taskq_slot(i);
+
+		if (!s->in_use)
+		{
+			memset(s, 0, sizeof(*s));
+			s->in_use = true;
+			s->dboid = dboid;
+			s->index = index;
+			s->procno = -1;
+			found = i;
+			break;
+		}
+	}
+	LWLockRelease(taskq_lock());
+	return found;
+}
+
+static void
+free_slot(int slot)
+{
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	taskq_slot(slot)->in_use = false;
+	taskq_slot(slot)->pid = 0;
+	LWLockRelease(taskq_lock());
+}
+
+static void
+start_dispatcher(Wanted *w)
+{
+	BackgroundWorker bw;
+	int			slot = take_slot(w->dboid, w->index);
+
+	if (slot < 0)
+	{
+		ereport(WARNING,
+				(errmsg("taskq: no free worker slot for a dispatcher"),
+				 errhint("Raise max_worker_processes.")));
+		w->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_ERROR_MAX_MS);
+		return;
+	}
+	memset(&bw, 0, sizeof(bw));
+	bw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bw.bgw_library_name, BGW_MAXLEN, "taskq");
+	snprintf(bw.bgw_function_name, BGW_MAXLEN, "taskq_dispatcher_main");
+	snprintf(bw.bgw_name, BGW_MAXLEN, "taskq dispatcher %d for database %u", w->index, w->dboid);
+	snprintf(bw.bgw_type, BGW_MAXLEN, "taskq dispatcher");
+	bw.bgw_main_arg = Int32GetDatum(slot);
+	bw.bgw_notify_pid = MyProcPid;
+	if (!RegisterDynamicBackgroundWorker(&bw, &w->handle))
+	{
+		free_slot(slot);
+		w->handle = NULL;
+		ereport(WARNING,
+				(errmsg("taskq: could not register a dispatcher: too many background workers"),
+				 errhint("Raise max_worker_processes (each database in taskq.databases needs taskq.workers of them).")));
+		w->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_ERROR_MAX_MS);
+		return;
+	}
+	w->slot = slot;
+}
+
+/*
+ * A dispatcher stopped: free its slot and decide when to start it again.
+ */
+static void
+dispatcher_stopped(Wanted *w)
+{
+	TaskqSlot  *s = taskq_slot(w->slot);
+	TaskqExitReason reason = s->exit_reason;
+	TimestampTz ran_since = s->started_at;
+	TimestampTz now = GetCurrentTimestamp();
+	char		key[64];
+	int64		delay;
+
+	free_slot(w->slot);
+	w->slot = -1;
+	if (w->handle)
+		pfree(w->handle);
+	w->handle = NULL;
+
+	snprintf(key, sizeof(key), "noext:%u", w->dboid);
+	switch (reason)
+	{
+		case TASKQ_EXIT_NO_EXTENSION:
+			if (w->index == 0)
+				log_once(key, "taskq: extension taskq is not installed in database \"%s\"; its dispatchers start when CREATE EXTENSION taskq runs there",
+						 database_name(w->dboid));
+			delay = RETRY_NO_EXTENSION_MS;
+			w->failures = 0;
+			break;
+		case TASKQ_EXIT_DATABASE_BUSY:
+			delay = RETRY_BUSY_MS;
+			w->failures = 0;
+			break;
+		default:
+			/* an error or a crash; if it ran a good while, it was not a loop */
+			if (ran_since != 0 && TimestampDifferenceExceeds(ran_since, now, RETRY_ERROR_MAX_MS))
+				w->failures = 0;
+			delay = RETRY_ERROR_MIN_MS << Min(w->failures, 6);
+			delay = Min(delay, RETRY_ERROR_MAX_MS);
+			w->failures++;
+			break;
+	}
+	if (reason != TASKQ_EXIT_NO_EXTENSION)
+		forget_problem(key);
+	w->last_exit = reason;
+	w->next_start = TimestampTzPlusMilliseconds(now, delay);
+}
+
+/*
+ * Slots a previous launcher left (it exited, its dispatchers did not):
+ * ask those dispatchers to exit; free_untracked_slots() frees each slot
+ * once its dispatcher has left it.
+ */
+static void
+end_old_dispatchers(void)
+{
+	int			i;
+
+	LWLockAcquire(taskq_lock(), LW_SHARED);
+	for (i = 0; i < taskq_slot_count(); i++)
+	{
+		TaskqSlot  *s = taskq_slot(i);
+
+		if (s->in_use && s->pid != 0)
+			(void) kill(s->pid, SIGTERM);
+	}
+	LWLockRelease(taskq_lock());
+}
+
+static void
+free_untracked_slots(void)
+{
+	int			i,
+				j;
+
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	for (i = 0; i < taskq_slot_count(); i++)
+	{
+		TaskqSlot  *s = taskq_slot(i);
+		bool		tracked = false;
+
+		for (j = 0; j < nwanted && !tracked; j++)
+			tracked = wanted[j].slot == i;
+		if (s->in_use && s->pid == 0 && !tracked)
+			s->in_use = false;
+	}
+	LWLockRelease(taskq_lock());
+}
+
+/*
+ * One pass: start what is wanted and due, stop what is no longer wanted,
+ * notice what stopped.  Returns when the next pass is needed.
+ */
+static TimestampTz
+reconcile(void)
+{
+	List	   *dbs = wanted_databases();
+	ListCell   *lc;
+	int			i;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = TimestampTzPlusMilliseconds(now, LAUNCHER_NAP_MS);
+
+	free_untracked_slots();
+	for (i = 0; i < nwanted; i++)
+		wanted[i].seen = false;
+	foreach(lc, dbs)
+	{
+		Oid			dboid = lfirst_oid(lc);
+		bool		ext_created = taskq_take_extension_wakeup(dboid);
+
+		for (i = 0; i < taskq_workers; i++)
+		{
+			Wanted	   *w = find_wanted(dboid, i);
+
+			w->seen = true;
+			if (ext_created && w->last_exit == TASKQ_EXIT_NO_EXTENSION)
+				w->next_start = 0;
+		}
+	}
+
+	for (i = 0; i < nwanted; i++)
+	{
+		Wanted	   *w = &wanted[i];
+		pid_t		pid;
+
+		if (w->slot >= 0 && w->handle != NULL &&
+			GetBackgroundWorkerPid(w->handle, &pid) == BGWH_STOPPED)
+			dispatcher_stopped(w);
+
+		if (!w->seen)
+		{
+			if (w->slot >= 0 && w->handle != NULL)
+				TerminateBackgroundWorker(w->handle);
+			continue;
+		}
+		if (w->slot < 0 && now >= w->next_start)
+			start_dispatcher(w);
+		if (w->slot < 0 && w->next_start < next)
+			next = w->next_start;
+	}
+
+	/* drop entries that are neither wanted nor running */
+	for (i = 0; i < nwanted;)
+	{
+		if (!wanted[i].seen && wanted[i].slot < 0)
+			wanted[i] = wanted[--nwanted];
+		else
+			i++;
+	}
+	list_free(dbs);
+	return next;
+}
+
+void
+taskq_launcher_main(Datum arg)
+{
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	pgstat_report_appname("taskq launcher");
+	taskq_set_launcher(true);
+	before_shmem_exit(launcher_exit, (Datum) 0);
+	end_old_dispatchers();
+	ereport(LOG, (errmsg("taskq launcher started")));
+
+	for (;;)
+	{
+		TimestampTz next = reconcile();
+		long		wait_ms;
+
+		wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
+		if (wait_ms < 1)
+			wait_ms = 1;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 wait_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}

@@ -1,0 +1,599 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  Shared state: worker slots, commit-time wake-ups, crash suspects and
+ *	  outcome counters.
+ *
+ * Wake-ups.  A commit that enqueued sets the latches of its database's
+ * dispatchers from a transaction callback, so pickup never waits for
+ * taskq.poll_interval and an application transaction never NOTIFYs (which
+ * would serialise commits).  A rollback wakes nobody.
+ *
+ * Crash suspects.  A dispatcher writes the id of the task whose handler it
+ * is about to run into its own small file, pg_taskq/slot_<n>, and clears it
+ * after.  When a handler kills its worker (FATAL) the slot's before-exit
+ * callback records the task as a suspect; when it takes the server down
+ * (a crash restart re-creates shared memory) the postmaster reads the files
+ * back here.  Dispatchers charge each suspect one attempt, so a task that
+ * keeps killing its worker ends 'failed' after max_attempts instead of
+ * crash-looping, while the other tasks of its batch are not charged.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "taskq.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "access/xact.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+
+#define TASKQ_SUSPECT_DIR	"pg_taskq"
+#define TASKQ_MAX_SUSPECTS	64
+#define TASKQ_MAX_EXT_WAKEUPS 16
+#define TASKQ_MAX_COUNTERS	1024
+#define TASKQ_MAX_INTERRUPTS 64
+
+typedef struct TaskqSuspect
+{
+	Oid			dboid;
+	int64		task_id;
+} TaskqSuspect;
+
+typedef struct TaskqShared
+{
+	LWLock	   *lock;			/* slots and counters */
+	slock_t		mutex;			/* launcher, suspects, extension wake-ups */
+	pid_t		launcher_pid;
+	int			launcher_procno;
+	int			nsuspects;
+	TaskqSuspect suspects[TASKQ_MAX_SUSPECTS];
+	int			next_wakeups;
+	Oid			ext_wakeups[TASKQ_MAX_EXT_WAKEUPS];
+	int			nslots;
+	TaskqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+} TaskqShared;
+
+typedef struct TaskqCounterKey
+{
+	Oid			dboid;
+	char		queue[TASKQ_NAME_MAXLEN + 1];
+	char		handler[TASKQ_NAME_MAXLEN + 1];
+} TaskqCounterKey;
+
+typedef struct TaskqCounter
+{
+	TaskqCounterKey key;
+	int64		completed;
+	int64		failed;
+	int64		retried;
+} TaskqCounter;
+
+static TaskqShared *shared = NULL;
+static HTAB *counters = NULL;
+
+#if PG_VERSION_NUM >= 150000
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+#endif
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* This backend's commit-time work. */
+static bool xact_callback_registered = false;
+static bool wake_at_commit = false;
+static bool wake_launcher_at_commit = false;
+static int	ninterrupts = 0;
+static int64 interrupts[TASKQ_MAX_INTERRUPTS];
+
+/* A dispatcher's suspect file. */
+static int	suspect_fd = -1;
+
+static Size
+shared_size(void)
+{
+	return add_size(offsetof(TaskqShared, slots),
+					mul_size(max_worker_processes, sizeof(TaskqSlot)));
+}
+
+static void
+shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+#endif
+	RequestAddinShmemSpace(add_size(shared_size(),
+									hash_estimate_size(TASKQ_MAX_COUNTERS, sizeof(TaskqCounter))));
+	RequestNamedLWLockTranche("taskq", 1);
+}
+
+/*
+ * Read the suspect files a crashed server left behind, then remove them.
+ * Runs in the postmaster when shared memory is created.
+ */
+static void
+load_suspect_files(void)
+{
+	DIR		   *dir;
+	struct dirent *de;
+
+	if (mkdir(TASKQ_SUSPECT_DIR, S_IRWXU) != 0 && errno != EEXIST)
+	{
+		ereport(LOG,
+				(errcode_for_file_access(),
+				 errmsg("taskq: could not create directory \"%s\": %m", TASKQ_SUSPECT_DIR)));
+		return;
+	}
+	dir = AllocateDir(TASKQ_SUSPECT_DIR);
+	while ((de = ReadDir(dir, TASKQ_SUSPECT_DIR)) != NULL)
+	{
+		char		path[MAXPGPATH];
+		TaskqSuspect s;
+		int			fd;
+		ssize_t		n;
+
+		if (strncmp(de->d_name, "slot_", 5) != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", TASKQ_SUSPECT_DIR, de->d_name);
+		fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+		if (fd < 0)
+			continue;
+		n = read(fd, &s, sizeof(s));
+		CloseTransientFile(fd);
+		unlink(path);
+		if (n == sizeof(s) && s.task_id != 0 && shared->nsuspects < TASKQ_MAX_SUSPECTS)
+		{
+			shared->suspects[shared->nsuspects++] = s;
+			ereport(LOG,
+					(errmsg("taskq: task " INT64_FORMAT " was running when the server stopped abnormally; it will be charged one attempt",
+							s.task_id)));
+		}
+	}
+	FreeDir(dir);
+}
+
+static void
+shmem_startup(void)
+{
+	bool		found;
+	HASHCTL		info;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	shared = ShmemInitStruct("taskq", shared_size(), &found);
+	if (!found)
+	{
+		memset(shared, 0, shared_size());
+		shared->lock = &(GetNamedLWLockTranche("taskq"))->lock;
+		SpinLockInit(&shared->mutex);
+		shared->nslots = max_worker_processes;
+		load_suspect_files();
+	}
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(TaskqCounterKey);
+	info.entrysize = sizeof(TaskqCounter);
+	counters = ShmemInitHash("taskq counters", TASKQ_MAX_COUNTERS, TASKQ_MAX_COUNTERS,
+							 &info, HASH_ELEM | HASH_BLOBS);
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Called from _PG_init when preloaded.
+ */
+void
+taskq_shmem_request(void)
+{
+#if PG_VERSION_NUM >= 150000
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shmem_request;
+#else
+	shmem_request();
+#endif
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shmem_startup;
+}
+
+/*
+ * Whether shared state exists (false when not preloaded).
+ */
+static inline bool
+have_shared(void)
+{
+	return shared != NULL;
+}
+
+LWLock *
+taskq_lock(void)
+{
+	return shared->lock;
+}
+
+int
+taskq_slot_count(void)
+{
+	return have_shared() ? shared->nslots : 0;
+}
+
+TaskqSlot *
+taskq_slot(int i)
+{
+	Assert(i >= 0 && i < shared->nslots);
+	return &shared->slots[i];
+}
+
+/* ----------------------------------------------------------------
+ * The launcher
+ * ----------------------------------------------------------------
+ */
+
+void
+taskq_set_launcher(bool alive)
+{
+	SpinLockAcquire(&shared->mutex);
+	shared->launcher_pid = alive ? MyProcPid : 0;
+	shared->launcher_procno = alive ? MyProc->pgprocno : -1;
+	SpinLockRelease(&shared->mutex);
+}
+
+pid_t
+taskq_launcher_pid(void)
+{
+	pid_t		pid;
+
+	if (!have_shared())
+		return 0;
+	SpinLockAcquire(&shared->mutex);
+	pid = shared->launcher_pid;
+	SpinLockRelease(&shared->mutex);
+	return pid;
+}
+
+void
+taskq_wake_launcher_now(void)
+{
+	int			procno;
+
+	if (!have_shared())
+		return;
+	SpinLockAcquire(&shared->mutex);
+	procno = shared->launcher_pid != 0 ? shared->launcher_procno : -1;
+	SpinLockRelease(&shared->mutex);
+	if (procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+}
+
+/*
+ * Record that dboid now has the extension; the launcher asks for each
+ * database whether that happened since it last looked.
+ */
+static void
+note_extension_wakeup(Oid dboid)
+{
+	SpinLockAcquire(&shared->mutex);
+	if (shared->next_wakeups < TASKQ_MAX_EXT_WAKEUPS)
+		shared->ext_wakeups[shared->next_wakeups++] = dboid;
+	SpinLockRelease(&shared->mutex);
+}
+
+bool
+taskq_take_extension_wakeup(Oid dboid)
+{
+	bool		found = false;
+	int			i;
+
+	SpinLockAcquire(&shared->mutex);
+	for (i = 0; i < shared->next_wakeups; i++)
+	{
+		if (shared->ext_wakeups[i] == dboid)
+		{
+			shared->ext_wakeups[i] = shared->ext_wakeups[--shared->next_wakeups];
+			found = true;
+			break;
+		}
+	}
+	SpinLockRelease(&shared->mutex);
+	return found;
+}
+
+/* ----------------------------------------------------------------
+ * Commit-time wake-ups and interrupts
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Set the latch of every dispatcher of dboid.  Slots are read without the
+ * lock: a stale procno only sets some process's latch once, which every
+ * latch user tolerates.
+ */
+void
+taskq_wake_dispatchers(Oid dboid)
+{
+	int			i;
+
+	if (!have_shared())
+		return;
+	for (i = 0; i < shared->nslots; i++)
+	{
+		TaskqSlot  *slot = &shared->slots[i];
+		int			procno = slot->procno;
+
+		if (slot->in_use && slot->dboid == dboid && slot->pid != 0 && procno >= 0)
+			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+	}
+}
+
+/*
+ * Interrupt the handler running task_id, if any dispatcher runs it now.
+ * The lock orders this against the dispatcher clearing current_task, so a
+ * signal never reaches a dispatcher that has moved on (see dispatcher.c).
+ */
+static void
+interrupt_task(int64 task_id)
+{
+	int			i;
+
+	LWLockAcquire(shared->lock, LW_SHARED);
+	for (i = 0; i < shared->nslots; i++)
+	{
+		TaskqSlot  *slot = &shared->slots[i];
+
+		if (slot->in_use && slot->pid != 0 && slot->current_task == task_id)
+		{
+			if (kill(slot->pid, SIGINT) != 0)
+				elog(DEBUG1, "taskq: could not interrupt dispatcher %d: %m", (int) slot->pid);
+			break;
+		}
+	}
+	LWLockRelease(shared->lock);
+}
+
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	int			i;
+
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (have_shared())
+			{
+				if (wake_at_commit)
+					taskq_wake_dispatchers(MyDatabaseId);
+				if (wake_launcher_at_commit)
+				{
+					note_extension_wakeup(MyDatabaseId);
+					taskq_wake_launcher_now();
+				}
+				for (i = 0; i < ninterrupts; i++)
+					interrupt_task(interrupts[i]);
+			}
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			break;
+		default:
+			return;
+	}
+	wake_at_commit = false;
+	wake_launcher_at_commit = false;
+	ninterrupts = 0;
+}
+
+static void
+ensure_xact_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+}
+
+void
+taskq_request_wakeup_at_commit(void)
+{
+	if (wake_at_commit)
+		return;
+	ensure_xact_callback();
+	wake_at_commit = true;
+}
+
+void
+taskq_request_launcher_wakeup_at_commit(void)
+{
+	ensure_xact_callback();
+	wake_launcher_at_commit = true;
+}
+
+void
+taskq_request_interrupt_at_commit(int64 task_id)
+{
+	ensure_xact_callback();
+	if (ninterrupts < TASKQ_MAX_INTERRUPTS)
+		interrupts[ninterrupts++] = task_id;
+}
+
+/* ----------------------------------------------------------------
+ * Crash suspects
+ * ----------------------------------------------------------------
+ */
+
+void
+taskq_add_suspect(Oid dboid, int64 task_id)
+{
+	SpinLockAcquire(&shared->mutex);
+	if (shared->nsuspects < TASKQ_MAX_SUSPECTS)
+	{
+		shared->suspects[shared->nsuspects].dboid = dboid;
+		shared->suspects[shared->nsuspects].task_id = task_id;
+		shared->nsuspects++;
+	}
+	SpinLockRelease(&shared->mutex);
+}
+
+bool
+taskq_is_suspect(Oid dboid, int64 task_id)
+{
+	bool		found = false;
+	int			i;
+
+	if (!have_shared())
+		return false;
+	SpinLockAcquire(&shared->mutex);
+	for (i = 0; i < shared->nsuspects && !found; i++)
+		found = shared->suspects[i].dboid == dboid && shared->suspects[i].task_id == task_id;
+	SpinLockRelease(&shared->mutex);
+	return found;
+}
+
+void
+taskq_forget_suspects(Oid dboid, const int64 *ids, int n)
+{
+	int			i,
+				j;
+
+	SpinLockAcquire(&shared->mutex);
+	for (j = 0; j < n; j++)
+	{
+		for (i = 0; i < shared->nsuspects; i++)
+		{
+			if (shared->suspects[i].dboid == dboid && shared->suspects[i].task_id == ids[j])
+			{
+				shared->suspects[i] = shared->suspects[--shared->nsuspects];
+				break;
+			}
+		}
+	}
+	SpinLockRelease(&shared->mutex);
+}
+
+void
+taskq_suspect_file_open(int slot)
+{
+	char		path[MAXPGPATH];
+
+	(void) mkdir(TASKQ_SUSPECT_DIR, S_IRWXU);
+	snprintf(path, sizeof(path), "%s/slot_%d", TASKQ_SUSPECT_DIR, slot);
+	suspect_fd = BasicOpenFile(path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY);
+	if (suspect_fd < 0)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("taskq: could not open \"%s\": %m", path)));
+}
+
+/*
+ * Record (or, with task_id 0, clear) the task whose handler is running.
+ * No fsync: the file must survive a process crash, not an OS crash, which
+ * loses the handler's uncommitted effects and its claim alike.
+ */
+void
+taskq_suspect_file_write(Oid dboid, int64 task_id)
+{
+	TaskqSuspect s;
+
+	if (suspect_fd < 0)
+		return;
+	memset(&s, 0, sizeof(s));
+	s.dboid = dboid;
+	s.task_id = task_id;
+	if (pwrite(suspect_fd, &s, sizeof(s), 0) != sizeof(s))
+		ereport(WARNING,
+				(errcode_for_file_access(),
+				 errmsg("taskq: could not write crash marker: %m")));
+}
+
+void
+taskq_suspect_file_remove(int slot)
+{
+	char		path[MAXPGPATH];
+
+	if (suspect_fd >= 0)
+	{
+		close(suspect_fd);
+		suspect_fd = -1;
+	}
+	snprintf(path, sizeof(path), "%s/slot_%d", TASKQ_SUSPECT_DIR, slot);
+	unlink(path);
+}
+
+/* ----------------------------------------------------------------
+ * Outcome counters since start, per database, queue and handler
+ * ----------------------------------------------------------------
+ */
+
+void
+taskq_count_outcome(Oid dboid, const char *queue, const char *handler,
+					int64 completed, int64 failed, int64 retried)
+{
+	TaskqCounterKey key;
+	TaskqCounter *c;
+	bool		found;
+
+	if (!have_shared())
+		return;
+	memset(&key, 0, sizeof(key));
+	key.dboid = dboid;
+	strlcpy(key.queue, queue, sizeof(key.queue));
+	strlcpy(key.handler, handler, sizeof(key.handler));
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	c = hash_search(counters, &key, HASH_ENTER_NULL, &found);
+	if (c == NULL)
+	{
+		/* Table full: count under a catch-all key rather than lose it. */
+		strlcpy(key.queue, "(other)", sizeof(key.queue));
+		strlcpy(key.handler, "(other)", sizeof(key.handler));
+		c = hash_search(counters, &key, HASH_FIND, &found);
+	}
+	if (c != NULL)
+	{
+		if (!found)
+			c->completed = c->failed = c->retried = 0;
+		c->completed += completed;
+		c->failed += failed;
+		c->retried += retried;
+	}
+	LWLockRelease(shared->lock);
+}
+
+int
+taskq_read_counters(Oid dboid, Tuplestorestate *store, TupleDesc desc)
+{
+	HASH_SEQ_STATUS seq;
+	TaskqCounter *c;
+	int			n = 0;
+
+	if (!have_shared())
+		return 0;
+	LWLockAcquire(shared->lock, LW_SHARED);
+	hash_seq_init(&seq, counters);
+	while ((c = hash_seq_search(&seq)) != NULL)
+	{
+		Datum		values[5];
+		bool		nulls[5] = {false};
+
+		if (c->key.dboid != dboid)
+			continue;
+		values[0] = CStringGetTextDatum(c->key.queue);
+		values[1] = CStringGetTextDatum(c->key.handler);
+		values[2] = Int64GetDatum(c->completed);
+		values[3] = Int64GetDatum(c->failed);
+		values[4] = Int64GetDatum(c->retried);
+		tuplestore_putvalues(store, desc, values, nulls);
+		n++;
+	}
+	LWLockRelease(shared->lock);
+	return n;
+}

@@ -1,0 +1,258 @@
+/*-------------------------------------------------------------------------
+ *
+ * taskq.h
+ *	  What the files of taskq may use of each other.
+ *
+ * taskq is split by responsibility:
+ *
+ *	taskq.c       _PG_init and the GUCs
+ *	shmem.c       shared state: worker slots, wake-ups, crash suspects, counters
+ *	enqueue.c     option resolution, validation, policies, the outbox insert
+ *	handlers.c    the handler registry
+ *	tasks.c       cancel, retry, ack, nack, wait, pause, resume
+ *	launcher.c    the launcher: which databases get dispatchers
+ *	dispatcher.c  the per-database loop: claim, run, record
+ *	executors.c   one function per handler kind
+ *	monitor.c     the functions behind taskq.workers and taskq.stats
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef TASKQ_H
+#define TASKQ_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "access/tupdesc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "utils/tuplestore.h"
+#include "utils/jsonb.h"
+
+#define TASKQ_SCHEMA			"taskq"
+#define TASKQ_NAME_MAXLEN		63	/* handler and queue names, like identifiers */
+#define TASKQ_PRIORITY_MIN		(-100)
+#define TASKQ_PRIORITY_MAX		100
+#define TASKQ_MAX_BATCH			64	/* keeps handler subtransactions under the subxid cache */
+#define TASKQ_NOTIFY_MAXLEN		7999	/* NOTIFY's payload limit (NAMEDATALEN-independent) */
+#define TASKQ_ERROR_MAXLEN		1024	/* stored last_error is cut here */
+
+/* ----------------------------------------------------------------
+ * GUCs (taskq.c)
+ * ----------------------------------------------------------------
+ */
+typedef enum TaskqMode
+{
+	TASKQ_MODE_ASYNC,
+	TASKQ_MODE_SYNC
+} TaskqMode;
+
+typedef enum TaskqPolicy
+{
+	TASKQ_POLICY_DISPATCH,
+	TASKQ_POLICY_DROP,
+	TASKQ_POLICY_ASSERT_NONE
+} TaskqPolicy;
+
+extern char *taskq_databases;
+extern int	taskq_workers;
+extern int	taskq_batch_size;
+extern int	taskq_poll_interval;	/* ms */
+extern bool taskq_enabled;
+extern int	taskq_default_priority;
+extern char *taskq_default_queue;
+extern int	taskq_default_max_attempts;
+extern int	taskq_default_timeout;	/* ms */
+extern int	taskq_default_mode;
+extern bool taskq_require_enqueue;
+extern int	taskq_policy;
+extern char *taskq_block_handlers;
+extern bool taskq_dry_run;
+extern int	taskq_retry_backoff;	/* ms */
+extern int	taskq_retry_backoff_max;	/* ms */
+extern int	taskq_ack_timeout;		/* ms */
+extern int	taskq_retention;		/* s */
+extern bool taskq_trace;
+
+extern bool taskq_preloaded;	/* loaded through shared_preload_libraries */
+
+/* ----------------------------------------------------------------
+ * Shared memory (shmem.c)
+ * ----------------------------------------------------------------
+ */
+typedef enum TaskqWorkerState
+{
+	TASKQ_STATE_STARTING,
+	TASKQ_STATE_IDLE,
+	TASKQ_STATE_CLAIMING,
+	TASKQ_STATE_RUNNING,
+	TASKQ_STATE_MAINTENANCE,
+	TASKQ_STATE_DISABLED
+} TaskqWorkerState;
+
+/* Why a dispatcher exited, so the launcher knows when to start it again. */
+typedef enum TaskqExitReason
+{
+	TASKQ_EXIT_NONE,			/* still running, or died without saying */
+	TASKQ_EXIT_NO_EXTENSION,	/* CREATE EXTENSION taskq has not run there */
+	TASKQ_EXIT_DATABASE_BUSY,	/* DROP/CREATE DATABASE wants it gone */
+	TASKQ_EXIT_ERROR			/* an error; back off */
+} TaskqExitReason;
+
+/*
+ * One per dispatcher the launcher may run.  The launcher owns in_use,
+ * dboid and index; the dispatcher owns the rest while it lives.  Readers
+ * take TaskqShared->lock shared; the owner writes with it exclusive, except
+ * the counters, which only the owner writes and monitoring reads torn-free
+ * enough on every platform we build for.
+ */
+typedef struct TaskqSlot
+{
+	bool		in_use;
+	Oid			dboid;
+	int			index;			/* which of taskq.workers in its database */
+	pid_t		pid;
+	int			procno;			/* for SetLatch without looking up the pid */
+	TimestampTz started_at;
+	TaskqWorkerState state;
+	TaskqExitReason exit_reason;
+	int64		current_task;	/* 0 when no handler is running */
+	TimestampTz task_started_at;
+	char		current_queue[TASKQ_NAME_MAXLEN + 1];
+	int64		processed;
+	int64		failed;
+	char		last_error[256];
+	TimestampTz last_error_at;
+} TaskqSlot;
+
+extern void taskq_shmem_request(void);
+extern void taskq_shmem_init(void);
+extern LWLock *taskq_lock(void);
+extern int	taskq_slot_count(void);
+extern TaskqSlot *taskq_slot(int i);
+
+extern void taskq_set_launcher(bool alive);
+extern pid_t taskq_launcher_pid(void);
+extern void taskq_wake_launcher_now(void);
+extern bool taskq_take_extension_wakeup(Oid dboid);
+
+extern void taskq_wake_dispatchers(Oid dboid);
+extern void taskq_request_wakeup_at_commit(void);
+extern void taskq_request_launcher_wakeup_at_commit(void);
+extern void taskq_request_interrupt_at_commit(int64 task_id);
+
+extern void taskq_add_suspect(Oid dboid, int64 task_id);
+extern bool taskq_is_suspect(Oid dboid, int64 task_id);
+extern void taskq_forget_suspects(Oid dboid, const int64 *ids, int n);
+extern void taskq_suspect_file_open(int slot);
+extern void taskq_suspect_file_write(Oid dboid, int64 task_id);
+extern void taskq_suspect_file_remove(int slot);
+
+extern void taskq_count_outcome(Oid dboid, const char *queue, const char *handler,
+								int64 completed, int64 failed, int64 retried);
+extern int	taskq_read_counters(Oid dboid, Tuplestorestate *store, TupleDesc desc);
+
+/* ----------------------------------------------------------------
+ * Common SQL helpers (enqueue.c)
+ * ----------------------------------------------------------------
+ */
+
+/* Runs SPI as the owner of taskq.tasks; see enqueue.c. */
+typedef struct TaskqAsOwner
+{
+	Oid			save_userid;
+	int			save_sec_context;
+} TaskqAsOwner;
+
+extern Oid	taskq_caller(void);
+extern void taskq_become_owner(TaskqAsOwner *save);
+extern void taskq_restore_user(TaskqAsOwner *save);
+extern SPIPlanPtr taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
+extern void taskq_check_name(const char *what, const char *value);
+extern int64 taskq_interval_ms(const char *what, Interval *iv, bool allow_zero);
+extern const char *taskq_mode_name(int mode);
+
+/* Monitoring and SRF plumbing (monitor.c) */
+extern void taskq_materialize(FunctionCallInfo fcinfo, Tuplestorestate **store, TupleDesc *desc);
+
+/* ----------------------------------------------------------------
+ * Handler registry (handlers.c)
+ * ----------------------------------------------------------------
+ */
+typedef enum TaskqKind
+{
+	TASKQ_KIND_FUNCTION,
+	TASKQ_KIND_NOTIFY,
+	TASKQ_KIND_LOG
+} TaskqKind;
+
+/* A handler's registration, as enqueue and dispatch need it. */
+typedef struct TaskqHandler
+{
+	char		name[TASKQ_NAME_MAXLEN + 1];
+	TaskqKind	kind;
+	char	   *target;			/* palloc'd; canonical function or channel */
+	char		queue[TASKQ_NAME_MAXLEN + 1];	/* "" when unset */
+	bool		has_priority;
+	int			priority;
+	bool		has_max_attempts;
+	int			max_attempts;
+	bool		has_timeout;
+	int64		timeout_ms;
+	bool		ack;
+	bool		enabled;
+	Oid			owner;
+} TaskqHandler;
+
+extern bool taskq_lookup_handler(const char *name, TaskqHandler *h);
+extern const char *taskq_kind_name(TaskqKind kind);
+extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
+
+/* ----------------------------------------------------------------
+ * Tasks as the dispatcher and the executors see them
+ * ----------------------------------------------------------------
+ */
+typedef struct TaskqTask
+{
+	int64		id;
+	char	   *handler;
+	char	   *queue;
+	int			priority;
+	int			attempts;		/* before this one */
+	int			max_attempts;
+	int64		timeout_ms;
+	Oid			owner;
+	TimestampTz run_at;
+	Datum		payload;		/* jsonb, in the batch context */
+	Datum		metadata;		/* jsonb or 0 */
+	bool		expired;		/* claimed only to be marked expired */
+} TaskqTask;
+
+/* ----------------------------------------------------------------
+ * Executors (executors.c): run one task's handler inside the caller's
+ * (sub)transaction.  On success *result holds the handler's result (or is
+ * null), and *final_status the status to record; errors propagate.
+ * ----------------------------------------------------------------
+ */
+typedef struct TaskqOutcome
+{
+	Datum		result;
+	bool		result_null;
+	const char *status;			/* 'completed' or 'dispatched' */
+} TaskqOutcome;
+
+extern void taskq_execute(TaskqTask *task, TaskqHandler *h, bool sync, TaskqOutcome *out);
+extern void taskq_check_notify_size(const TaskqHandler *h, Jsonb *payload, Jsonb *metadata);
+
+/* ----------------------------------------------------------------
+ * Workers
+ * ----------------------------------------------------------------
+ */
+extern void taskq_register_launcher(void);
+extern PGDLLEXPORT void taskq_launcher_main(Datum arg);
+extern PGDLLEXPORT void taskq_dispatcher_main(Datum arg);
+extern int64 taskq_backoff_ms(int attempt);
+
+#endif							/* TASKQ_H */

@@ -1,0 +1,455 @@
+/*-------------------------------------------------------------------------
+ *
+ * tasks.c
+ *	  Operations on existing tasks and queues: cancel(), retry(), ack(),
+ *	  nack(), wait(), pause() and resume().
+ *
+ * Writes run as the owner of taskq.tasks, after checking that the caller
+ * may act on the task: a role manages the tasks it enqueued (and those of
+ * roles whose privileges it has); ack() and nack() also accept the role
+ * that registered the task's handler, which is how a listener service
+ * acknowledges other roles' tasks.
+ *
+ * Unknown task ids are errors; a task that is no longer in the state the
+ * call needs returns false.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "taskq.h"
+
+#include "access/transam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+PG_FUNCTION_INFO_V1(taskq_cancel);
+PG_FUNCTION_INFO_V1(taskq_retry);
+PG_FUNCTION_INFO_V1(taskq_ack);
+PG_FUNCTION_INFO_V1(taskq_nack);
+PG_FUNCTION_INFO_V1(taskq_wait);
+PG_FUNCTION_INFO_V1(taskq_pause);
+PG_FUNCTION_INFO_V1(taskq_resume);
+
+static SPIPlanPtr lock_plan = NULL;
+static SPIPlanPtr cancel_plan = NULL;
+static SPIPlanPtr retry_plan = NULL;
+static SPIPlanPtr live_dupe_plan = NULL;
+static SPIPlanPtr ack_plan = NULL;
+static SPIPlanPtr nack_plan = NULL;
+static SPIPlanPtr wait_plan = NULL;
+static SPIPlanPtr pause_plan = NULL;
+static SPIPlanPtr resume_plan = NULL;
+
+/* A task row, locked, as the operations need it. */
+typedef struct LockedTask
+{
+	int64		id;
+	char	   *status;
+	Oid			owner;
+	Oid			handler_owner;	/* InvalidOid if the handler is gone */
+	char	   *handler;
+	char	   *queue;
+	char	   *dedupe_key;
+	int			attempts;
+	int			max_attempts;
+} LockedTask;
+
+static int64
+id_arg(FunctionCallInfo fcinfo)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task id must not be NULL")));
+	return PG_GETARG_INT64(0);
+}
+
+/*
+ * Lock a task and check that the caller may act on it.  Runs as the owner
+ * of taskq.tasks (the caller's own privileges are checked by role).
+ */
+static void
+lock_task(int64 id, Oid caller, bool handler_owner_may, const char *action, LockedTask *t)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute_plan(taskq_prepare(&lock_plan,
+									   "SELECT t.status::pg_catalog.text, t.owner::pg_catalog.oid,"
+									   " h.owner::pg_catalog.oid, t.handler, t.queue, t.dedupe_key,"
+									   " t.attempts, t.max_attempts"
+									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
+									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
+									   " WHERE t.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF t",
+									   1, types),
+						 values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: could not read taskq.tasks");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("task " INT64_FORMAT " does not exist", id),
+				 errhint("Ended tasks are removed after taskq.retention.")));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	t->id = id;
+	t->status = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+	t->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	d = SPI_getbinval(tup, desc, 3, &isnull);
+	t->handler_owner = isnull ? InvalidOid : DatumGetObjectId(d);
+	t->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
+	t->queue = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
+	d = SPI_getbinval(tup, desc, 6, &isnull);
+	t->dedupe_key = isnull ? NULL : TextDatumGetCString(d);
+	t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+	t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+
+	if (has_privs_of_role(caller, t->owner))
+		return;
+	if (handler_owner_may && OidIsValid(t->handler_owner) &&
+		has_privs_of_role(caller, t->handler_owner))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to %s task " INT64_FORMAT, action, id),
+			 errdetail("The task was enqueued by role \"%s\".",
+					   GetUserNameFromId(t->owner, true) ? GetUserNameFromId(t->owner, true) : "?")));
+}
+
+static bool
+status_is(const LockedTask *t, const char *a, const char *b, const char *c)
+{
+	return strcmp(t->status, a) == 0 || (b && strcmp(t->status, b) == 0) ||
+		(c && strcmp(t->status, c) == 0);
+}
+
+/*
+ * taskq.cancel(id): a queued or dispatched task ends 'cancelled'; a
+ * running one too, and its handler is interrupted when this transaction
+ * commits (its effects roll back with it).
+ */
+Datum
+taskq_cancel(PG_FUNCTION_ARGS)
+{
+	int64		id = id_arg(fcinfo);
+	Oid			caller = taskq_caller();
+	TaskqAsOwner save;
+	LockedTask	t;
+	bool		done = false;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+
+	SPI_connect();
+	taskq_become_owner(&save);
+	lock_task(id, caller, false, "cancel", &t);
+	if (status_is(&t, "queued", "running", "dispatched"))
+	{
+		if (SPI_execute_plan(taskq_prepare(&cancel_plan,
+										   "UPDATE taskq.tasks SET status = 'cancelled',"
+										   " finished_at = pg_catalog.now(), lease_until = NULL"
+										   " WHERE id OPERATOR(pg_catalog.=) $1",
+										   1, types),
+							 values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "taskq: could not cancel task " INT64_FORMAT, id);
+		if (strcmp(t.status, "running") == 0)
+			taskq_request_interrupt_at_commit(id);
+		done = true;
+	}
+	taskq_restore_user(&save);
+	SPI_finish();
+	PG_RETURN_BOOL(done);
+}
+
+/*
+ * taskq.retry(id): an ended, unsuccessful task is queued again now, with
+ * a fresh attempt budget.  Its last error is kept until the next attempt.
+ */
+Datum
+taskq_retry(PG_FUNCTION_ARGS)
+{
+	int64		id = id_arg(fcinfo);
+	Oid			caller = taskq_caller();
+	TaskqAsOwner save;
+	LockedTask	t;
+	bool		done = false;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+
+	SPI_connect();
+	taskq_become_owner(&save);
+	lock_task(id, caller, false, "retry", &t);
+	if (status_is(&t, "failed", "cancelled", "timeout") || status_is(&t, "expired", NULL, NULL))
+	{
+		values[0] = Int64GetDatum(id);
+		if (t.dedupe_key != NULL)
+		{
+			values[1] = CStringGetTextDatum(t.handler);
+			if (SPI_execute_plan(taskq_prepare(&live_dupe_plan,
+											   "SELECT id FROM taskq.tasks WHERE handler OPERATOR(pg_catalog.=) $2"
+											   " AND dedupe_key OPERATOR(pg_catalog.=) (SELECT dedupe_key FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) $1)"
+											   " AND status IN ('queued', 'running', 'dispatched')",
+											   2, types),
+								 values, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "taskq: could not read taskq.tasks");
+			if (SPI_processed > 0)
+			{
+				bool		isnull;
+
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("cannot retry task " INT64_FORMAT ": task " INT64_FORMAT " with the same dedupe_key is still live",
+								id, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull))),
+						 errhint("Wait for that task to end, or cancel it.")));
+			}
+		}
+		if (SPI_execute_plan(taskq_prepare(&retry_plan,
+										   "UPDATE taskq.tasks SET status = 'queued', attempts = 0,"
+										   " run_at = pg_catalog.now(), started_at = NULL, finished_at = NULL,"
+										   " lease_until = NULL, worker_pid = NULL,"
+										   " expires_at = CASE WHEN expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() THEN NULL ELSE expires_at END"
+										   " WHERE id OPERATOR(pg_catalog.=) $1",
+										   1, types),
+							 values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "taskq: could not retry task " INT64_FORMAT, id);
+		taskq_request_wakeup_at_commit();
+		done = true;
+	}
+	taskq_restore_user(&save);
+	SPI_finish();
+	PG_RETURN_BOOL(done);
+}
+
+/*
+ * taskq.ack(id, result): a dispatched notify task is completed.
+ */
+Datum
+taskq_ack(PG_FUNCTION_ARGS)
+{
+	int64		id = id_arg(fcinfo);
+	Oid			caller = taskq_caller();
+	TaskqAsOwner save;
+	LockedTask	t;
+	bool		done = false;
+	Oid			types[2] = {INT8OID, JSONBOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+
+	SPI_connect();
+	taskq_become_owner(&save);
+	lock_task(id, caller, true, "acknowledge", &t);
+	if (status_is(&t, "dispatched", NULL, NULL))
+	{
+		values[0] = Int64GetDatum(id);
+		values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+		nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+		if (SPI_execute_plan(taskq_prepare(&ack_plan,
+										   "UPDATE taskq.tasks SET status = 'completed', result = $2,"
+										   " finished_at = pg_catalog.now(), lease_until = NULL"
+										   " WHERE id OPERATOR(pg_catalog.=) $1",
+										   2, types),
+							 values, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "taskq: could not acknowledge task " INT64_FORMAT, id);
+		taskq_count_outcome(MyDatabaseId, t.queue, t.handler, 1, 0, 0);
+		done = true;
+	}
+	taskq_restore_user(&save);
+	SPI_finish();
+	PG_RETURN_BOOL(done);
+}
+
+/*
+ * taskq.nack(id, error, retry_in): the dispatched attempt failed.  The
+ * task is queued again after retry_in (or the backoff) while attempts
+ * remain, else it ends 'failed'.
+ */
+Datum
+taskq_nack(PG_FUNCTION_ARGS)
+{
+	int64		id = id_arg(fcinfo);
+	Oid			caller = taskq_caller();
+	TaskqAsOwner save;
+	LockedTask	t;
+	bool		done = false;
+	int64		delay_ms;
+	char	   *error;
+	Oid			types[3] = {INT8OID, TEXTOID, INT8OID};
+	Datum		values[3];
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("error must not be NULL"),
+				 errhint("Say why the attempt failed; it is stored as the task's last_error.")));
+	error = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (strlen(error) > TASKQ_ERROR_MAXLEN)
+		error[TASKQ_ERROR_MAXLEN] = '\0';
+	delay_ms = PG_ARGISNULL(2) ? -1 : taskq_interval_ms("retry_in", PG_GETARG_INTERVAL_P(2), true);
+
+	SPI_connect();
+	taskq_become_owner(&save);
+	lock_task(id, caller, true, "reject", &t);
+	if (status_is(&t, "dispatched", NULL, NULL))
+	{
+		bool		final = t.attempts >= t.max_attempts;
+
+		if (delay_ms < 0)
+			delay_ms = taskq_backoff_ms(t.attempts);
+		values[0] = Int64GetDatum(id);
+		values[1] = CStringGetTextDatum(error);
+		values[2] = Int64GetDatum(final ? -1 : delay_ms);
+		if (SPI_execute_plan(taskq_prepare(&nack_plan,
+										   "UPDATE taskq.tasks SET last_error = $2, lease_until = NULL,"
+										   " status = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN 'failed' ELSE 'queued' END::taskq.status,"
+										   " finished_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.now() END,"
+										   " run_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN run_at"
+										   "   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
+										   " WHERE id OPERATOR(pg_catalog.=) $1",
+										   3, types),
+							 values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "taskq: could not reject task " INT64_FORMAT, id);
+		taskq_count_outcome(MyDatabaseId, t.queue, t.handler, 0, final ? 1 : 0, final ? 0 : 1);
+		if (!final)
+			taskq_request_wakeup_at_commit();
+		done = true;
+	}
+	taskq_restore_user(&save);
+	SPI_finish();
+	PG_RETURN_BOOL(done);
+}
+
+/*
+ * taskq.wait(id, timeout): poll the task, sleeping on our latch between
+ * looks (1 ms doubling to 50 ms), until it ends or the timeout passes;
+ * return its row either way.  Reads as the caller, so a role waits only
+ * on tasks it can see.
+ */
+Datum
+taskq_wait(PG_FUNCTION_ARGS)
+{
+	int64		id = id_arg(fcinfo);
+	int64		timeout_ms;
+	TimestampTz deadline;
+	long		sleep_ms = 1;
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(id)};
+	Datum		row;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("timeout must not be NULL"),
+				 errhint("Omit it to wait up to 30 seconds.")));
+	timeout_ms = taskq_interval_ms("timeout", PG_GETARG_INTERVAL_P(1), true);
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("taskq.wait() cannot be used in a REPEATABLE READ or SERIALIZABLE transaction"),
+				 errdetail("Its snapshot would never show the task ending."),
+				 errhint("Call it in a READ COMMITTED transaction.")));
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	SPI_connect();
+	for (;;)
+	{
+		bool		isnull;
+		bool		ended;
+		TransactionId xmin;
+
+		if (SPI_execute_plan(taskq_prepare(&wait_plan,
+										   "SELECT t, t.status NOT IN ('queued', 'running', 'dispatched'), t.xmin"
+										   " FROM taskq.tasks t WHERE t.id OPERATOR(pg_catalog.=) $1",
+										   1, types),
+							 values, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "taskq: could not read taskq.tasks");
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("task " INT64_FORMAT " does not exist", id),
+					 errhint("A role sees only its own tasks; ended tasks are removed after taskq.retention.")));
+		row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		ended = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+		if (ended || GetCurrentTimestamp() >= deadline)
+			break;
+		if (TransactionIdIsCurrentTransactionId(xmin))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("task " INT64_FORMAT " was changed in this transaction and cannot run before it commits", id),
+					 errhint("Commit first, then call taskq.wait().")));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 sleep_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		sleep_ms = Min(sleep_ms * 2, 50);
+	}
+	row = SPI_datumTransfer(row, false, -1);
+	SPI_finish();
+	PG_RETURN_DATUM(row);
+}
+
+static char *
+queue_arg(FunctionCallInfo fcinfo)
+{
+	char	   *queue;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("queue must not be NULL")));
+	queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	taskq_check_name("queue", queue);
+	return queue;
+}
+
+static void
+set_queue_paused(const char *queue, bool paused)
+{
+	TaskqAsOwner save;
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	values[0] = CStringGetTextDatum(queue);
+	SPI_connect();
+	taskq_become_owner(&save);
+	if (paused)
+		SPI_execute_plan(taskq_prepare(&pause_plan,
+									   "INSERT INTO taskq.queues (name, paused, paused_at)"
+									   " VALUES ($1, true, pg_catalog.now())"
+									   " ON CONFLICT (name) DO UPDATE SET paused = true,"
+									   " paused_at = COALESCE(taskq.queues.paused_at, pg_catalog.now())",
+									   1, types),
+						 values, NULL, false, 0);
+	else
+		SPI_execute_plan(taskq_prepare(&resume_plan,
+									   "UPDATE taskq.queues SET paused = false, paused_at = NULL"
+									   " WHERE name OPERATOR(pg_catalog.=) $1",
+									   1, types),
+						 values, NULL, false, 0);
+	taskq_restore_user(&save);
+	SPI_finish();
+	if (!paused)
+		taskq_request_wakeup_at_commit();
+}
+
+/* taskq.pause(queue): dispatchers stop claiming its tasks. */
+Datum
+taskq_pause(PG_FUNCTION_ARGS)
+{
+	set_queue_paused(queue_arg(fcinfo), true);
+	PG_RETURN_VOID();
+}
+
+/* taskq.resume(queue) */
+Datum
+taskq_resume(PG_FUNCTION_ARGS)
+{
+	set_queue_paused(queue_arg(fcinfo), false);
+	PG_RETURN_VOID();
+}
