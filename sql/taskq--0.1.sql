@@ -44,6 +44,7 @@ CREATE TABLE taskq.tasks (
     priority     int NOT NULL,
     attempts     int NOT NULL DEFAULT 0,
     max_attempts int NOT NULL,
+    crashes      int NOT NULL DEFAULT 0,
     worker_pid   int,
     owner        regrole NOT NULL,
     status       taskq.status NOT NULL DEFAULT 'queued',
