@@ -67,6 +67,7 @@ static TaskqSlot *my_slot = NULL;
 static MemoryContext batch_ctx = NULL;
 static TimestampTz last_maintenance = 0;
 static char my_dbname[NAMEDATALEN];
+static uint64 cancel_seen = 0;	/* our position in the cancel ring */
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr success_plan = NULL;
@@ -89,21 +90,23 @@ set_state(TaskqWorkerState state)
 }
 
 /*
- * Publish (or, with task NULL, clear) the task whose handler runs now.
- * Under the lock, so that cancel's signal and our moving on are ordered.
+ * Publish the task whose handler is about to run, unless it was cancelled
+ * after we claimed it (false: skip it), and mark it in our crash file.
  */
-static void
-set_current_task(TaskqTask *task)
+static bool
+start_task(TaskqTask *task)
 {
-	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
-	my_slot->current_task = task ? task->id : 0;
-	if (task)
-	{
-		my_slot->task_started_at = GetCurrentTimestamp();
-		strlcpy(my_slot->current_queue, task->queue, sizeof(my_slot->current_queue));
-	}
-	LWLockRelease(taskq_lock());
-	taskq_suspect_file_write(MyDatabaseId, task ? task->id : 0);
+	if (!taskq_start_task(my_slot, task->id, task->queue, &cancel_seen))
+		return false;
+	taskq_suspect_file_write(MyDatabaseId, task->id);
+	return true;
+}
+
+static void
+end_task(void)
+{
+	taskq_end_task(my_slot);
+	taskq_suspect_file_write(MyDatabaseId, 0);
 }
 
 /*
@@ -428,6 +431,7 @@ claim(TaskqTask **tasks_out)
 		commit_tx(false);
 		return -1;
 	}
+	cancel_seen = taskq_cancel_generation();
 	values[0] = Int32GetDatum(taskq_batch_size);
 	values[1] = Int32GetDatum(MyProcPid);
 	if (SPI_execute_plan(taskq_prepare(&claim_plan,
@@ -641,7 +645,13 @@ run_task(TaskqTask *task, TaskqHandler *h)
 		TaskqOutcome out;
 		int			gucnest;
 
-		set_current_task(task);
+		if (!start_task(task))
+		{
+			cancelled = true;
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("task " INT64_FORMAT " was cancelled before it started", task->id)));
+		}
 		if (h == NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -666,7 +676,7 @@ run_task(TaskqTask *task, TaskqHandler *h)
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("task " INT64_FORMAT " was cancelled while it ran", task->id)));
 		}
-		set_current_task(NULL);
+		end_task();
 		CHECK_FOR_INTERRUPTS();	/* a cancel signal that raced with us */
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
@@ -686,7 +696,7 @@ run_task(TaskqTask *task, TaskqHandler *h)
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
 		SetUserIdAndSecContext(save_userid, save_sec);
-		set_current_task(NULL);
+		end_task();
 	}
 	PG_END_TRY();
 

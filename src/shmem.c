@@ -42,6 +42,7 @@
 #define TASKQ_MAX_EXT_WAKEUPS 16
 #define TASKQ_MAX_COUNTERS	1024
 #define TASKQ_MAX_INTERRUPTS 64
+#define TASKQ_CANCEL_RING	64
 
 typedef struct TaskqSuspect
 {
@@ -59,6 +60,14 @@ typedef struct TaskqShared
 	TaskqSuspect suspects[TASKQ_MAX_SUSPECTS];
 	int			next_wakeups;
 	Oid			ext_wakeups[TASKQ_MAX_EXT_WAKEUPS];
+
+	/*
+	 * Tasks cancelled lately, under lock: a dispatcher about to start one
+	 * of its claimed tasks looks here (only when cancel_gen moved), so a
+	 * task cancelled after its claim never starts.  See interrupt_task().
+	 */
+	uint64		cancel_gen;
+	int64		cancel_ring[TASKQ_CANCEL_RING];
 	int			nslots;
 	TaskqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } TaskqShared;
@@ -333,16 +342,21 @@ taskq_wake_dispatchers(Oid dboid)
 }
 
 /*
- * Interrupt the handler running task_id, if any dispatcher runs it now.
- * The lock orders this against the dispatcher clearing current_task, so a
- * signal never reaches a dispatcher that has moved on (see dispatcher.c).
+ * A cancelled task: interrupt its handler if a dispatcher runs it now, and
+ * note it in the cancel ring for a dispatcher that claimed it but has not
+ * started it.  Both happen under the lock that dispatchers take to publish
+ * the task they start (taskq_start_task), so either we see the task
+ * running and signal it, or the dispatcher sees the cancel and skips it;
+ * and a signal never reaches a dispatcher that has moved on.
  */
 static void
 interrupt_task(int64 task_id)
 {
 	int			i;
 
-	LWLockAcquire(shared->lock, LW_SHARED);
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	shared->cancel_ring[shared->cancel_gen % TASKQ_CANCEL_RING] = task_id;
+	shared->cancel_gen++;
 	for (i = 0; i < shared->nslots; i++)
 	{
 		TaskqSlot  *slot = &shared->slots[i];
@@ -355,6 +369,60 @@ interrupt_task(int64 task_id)
 		}
 	}
 	LWLockRelease(shared->lock);
+}
+
+/*
+ * Publish the task whose handler slot is about to run, unless it was
+ * cancelled since we last looked (then false).  *seen_gen is the
+ * dispatcher's position in the cancel ring.
+ */
+bool
+taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue, uint64 *seen_gen)
+{
+	bool		cancelled = false;
+
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	if (shared->cancel_gen != *seen_gen)
+	{
+		uint64		g = shared->cancel_gen;
+		uint64		from = g - Min(g - *seen_gen, TASKQ_CANCEL_RING);
+
+		/* look at every cancel since we last did, as far as the ring goes */
+		for (; from < g && !cancelled; from++)
+			cancelled = shared->cancel_ring[from % TASKQ_CANCEL_RING] == task_id;
+	}
+	if (!cancelled)
+	{
+		slot->current_task = task_id;
+		slot->task_started_at = GetCurrentTimestamp();
+		strlcpy(slot->current_queue, queue, sizeof(slot->current_queue));
+	}
+	LWLockRelease(shared->lock);
+	return !cancelled;
+}
+
+/* The handler of slot's task has returned (or failed). */
+void
+taskq_end_task(TaskqSlot *slot)
+{
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	slot->current_task = 0;
+	LWLockRelease(shared->lock);
+}
+
+/*
+ * The cancel generation a dispatcher starts from: cancels before its claim
+ * committed are already in the rows it claimed from.
+ */
+uint64
+taskq_cancel_generation(void)
+{
+	uint64		g;
+
+	LWLockAcquire(shared->lock, LW_SHARED);
+	g = shared->cancel_gen;
+	LWLockRelease(shared->lock);
+	return g;
 }
 
 static void

@@ -138,6 +138,9 @@ extern pid_t taskq_launcher_pid(void);
 extern void taskq_wake_launcher_now(void);
 extern bool taskq_take_extension_wakeup(Oid dboid);
 
+extern bool taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue, uint64 *seen_gen);
+extern void taskq_end_task(TaskqSlot *slot);
+extern uint64 taskq_cancel_generation(void);
 extern void taskq_wake_dispatchers(Oid dboid);
 extern void taskq_request_wakeup_at_commit(void);
 extern void taskq_request_launcher_wakeup_at_commit(void);
