@@ -43,6 +43,7 @@
 #define TASKQ_MAX_COUNTERS	1024
 #define TASKQ_MAX_INTERRUPTS 64
 #define TASKQ_CANCEL_RING	64
+#define TASKQ_MAX_PENDING	64
 
 typedef struct TaskqSuspect
 {
@@ -101,6 +102,10 @@ static bool wake_at_commit = false;
 static bool wake_launcher_at_commit = false;
 static int	ninterrupts = 0;
 static int64 interrupts[TASKQ_MAX_INTERRUPTS];
+static int	npending = 0;
+static TaskqCounter pending[TASKQ_MAX_PENDING];
+
+static void flush_counts(void);
 
 /* A dispatcher's suspect file. */
 static int	suspect_fd = -1;
@@ -445,6 +450,7 @@ xact_callback(XactEvent event, void *arg)
 				}
 				for (i = 0; i < ninterrupts; i++)
 					interrupt_task(interrupts[i]);
+				flush_counts();
 			}
 			break;
 		case XACT_EVENT_ABORT:
@@ -457,6 +463,7 @@ xact_callback(XactEvent event, void *arg)
 	wake_at_commit = false;
 	wake_launcher_at_commit = false;
 	ninterrupts = 0;
+	npending = 0;
 }
 
 static void
@@ -601,39 +608,81 @@ taskq_suspect_file_remove(int slot)
  * ----------------------------------------------------------------
  */
 
+/*
+ * Count outcomes.  Counts wait in this backend until its transaction
+ * commits, so rolled-back work is never counted (and a dispatcher takes
+ * the lock once per transaction, not once per task).
+ */
 void
 taskq_count_outcome(Oid dboid, const char *queue, const char *handler,
 					int64 completed, int64 failed, int64 retried)
 {
-	TaskqCounterKey key;
-	TaskqCounter *c;
-	bool		found;
+	TaskqCounter *c = NULL;
+	int			i;
 
 	if (!have_shared())
 		return;
-	memset(&key, 0, sizeof(key));
-	key.dboid = dboid;
-	strlcpy(key.queue, queue, sizeof(key.queue));
-	strlcpy(key.handler, handler, sizeof(key.handler));
-
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-	c = hash_search(counters, &key, HASH_ENTER_NULL, &found);
-	if (c == NULL)
+	for (i = 0; i < npending && c == NULL; i++)
 	{
-		/* Table full: count under a catch-all key rather than lose it. */
-		strlcpy(key.queue, "(other)", sizeof(key.queue));
-		strlcpy(key.handler, "(other)", sizeof(key.handler));
-		c = hash_search(counters, &key, HASH_FIND, &found);
+		if (pending[i].key.dboid == dboid &&
+			strcmp(pending[i].key.queue, queue) == 0 &&
+			strcmp(pending[i].key.handler, handler) == 0)
+			c = &pending[i];
 	}
-	if (c != NULL)
+	if (c == NULL && npending == TASKQ_MAX_PENDING)
 	{
+		/* full: the last entry becomes a catch-all, keeping its counts */
+		c = &pending[TASKQ_MAX_PENDING - 1];
+		strlcpy(c->key.queue, "(other)", sizeof(c->key.queue));
+		strlcpy(c->key.handler, "(other)", sizeof(c->key.handler));
+	}
+	else if (c == NULL)
+	{
+		c = &pending[npending++];
+		memset(c, 0, sizeof(*c));
+		c->key.dboid = dboid;
+		strlcpy(c->key.queue, queue, sizeof(c->key.queue));
+		strlcpy(c->key.handler, handler, sizeof(c->key.handler));
+	}
+	c->completed += completed;
+	c->failed += failed;
+	c->retried += retried;
+	ensure_xact_callback();
+}
+
+/* At commit: add this transaction's counts to the shared counters. */
+static void
+flush_counts(void)
+{
+	int			i;
+
+	if (npending == 0)
+		return;
+	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < npending; i++)
+	{
+		TaskqCounterKey key = pending[i].key;
+		TaskqCounter *c;
+		bool		found;
+
+		c = hash_search(counters, &key, HASH_ENTER_NULL, &found);
+		if (c == NULL)
+		{
+			/* table full: count under a catch-all key rather than lose it */
+			strlcpy(key.queue, "(other)", sizeof(key.queue));
+			strlcpy(key.handler, "(other)", sizeof(key.handler));
+			c = hash_search(counters, &key, HASH_FIND, &found);
+		}
+		if (c == NULL)
+			continue;
 		if (!found)
 			c->completed = c->failed = c->retried = 0;
-		c->completed += completed;
-		c->failed += failed;
-		c->retried += retried;
+		c->completed += pending[i].completed;
+		c->failed += pending[i].failed;
+		c->retried += pending[i].retried;
 	}
 	LWLockRelease(shared->lock);
+	npending = 0;
 }
 
 int

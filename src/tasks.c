@@ -168,6 +168,85 @@ taskq_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
+ * retry() of a task with a dedupe key: refuse while another live task
+ * holds the key, naming it.
+ */
+static void
+refuse_if_key_live(const LockedTask *t)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(t->handler);
+	values[1] = CStringGetTextDatum(t->dedupe_key);
+	if (SPI_execute_plan(taskq_prepare(&live_dupe_plan,
+									   "SELECT id FROM taskq.tasks WHERE handler OPERATOR(pg_catalog.=) $1"
+									   " AND dedupe_key OPERATOR(pg_catalog.=) $2"
+									   " AND status IN ('queued', 'running', 'dispatched')",
+									   2, types),
+						 values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: could not read taskq.tasks");
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("cannot retry task " INT64_FORMAT ": task " INT64_FORMAT " with the same dedupe_key is still live",
+						t->id, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull))),
+				 errhint("Wait for that task to end, or cancel it.")));
+}
+
+/*
+ * Queue an ended task again.  With a dedupe key, a concurrent enqueue of
+ * the same key may commit between our check and our update; the unique
+ * index then refuses the update, which we turn into the same message as
+ * the check's (in a subtransaction, so the error is ours to report).
+ */
+static void
+requeue_for_retry(const LockedTask *t)
+{
+	Oid			types[1] = {INT8OID};
+	Datum		values[1] = {Int64GetDatum(t->id)};
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool conflict = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		if (SPI_execute_plan(taskq_prepare(&retry_plan,
+										   "UPDATE taskq.tasks SET status = 'queued', attempts = 0,"
+										   " run_at = pg_catalog.now(), started_at = NULL, finished_at = NULL,"
+										   " lease_until = NULL, worker_pid = NULL,"
+										   " expires_at = CASE WHEN expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() THEN NULL ELSE expires_at END"
+										   " WHERE id OPERATOR(pg_catalog.=) $1",
+										   1, types),
+							 values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "taskq: could not retry task " INT64_FORMAT, t->id);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION || t->dedupe_key == NULL)
+			PG_RE_THROW();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		conflict = true;
+	}
+	PG_END_TRY();
+	if (conflict)
+		refuse_if_key_live(t);
+}
+
+/*
  * taskq.retry(id): an ended, unsuccessful task is queued again now, with
  * a fresh attempt budget.  Its last error is kept until the next attempt.
  */
@@ -179,45 +258,15 @@ taskq_retry(PG_FUNCTION_ARGS)
 	TaskqAsOwner save;
 	LockedTask	t;
 	bool		done = false;
-	Oid			types[2] = {INT8OID, TEXTOID};
-	Datum		values[2];
 
 	SPI_connect();
 	taskq_become_owner(&save);
 	lock_task(id, caller, false, "retry", &t);
 	if (status_is(&t, "failed", "cancelled", "timeout") || status_is(&t, "expired", NULL, NULL))
 	{
-		values[0] = Int64GetDatum(id);
 		if (t.dedupe_key != NULL)
-		{
-			values[1] = CStringGetTextDatum(t.handler);
-			if (SPI_execute_plan(taskq_prepare(&live_dupe_plan,
-											   "SELECT id FROM taskq.tasks WHERE handler OPERATOR(pg_catalog.=) $2"
-											   " AND dedupe_key OPERATOR(pg_catalog.=) (SELECT dedupe_key FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) $1)"
-											   " AND status IN ('queued', 'running', 'dispatched')",
-											   2, types),
-								 values, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "taskq: could not read taskq.tasks");
-			if (SPI_processed > 0)
-			{
-				bool		isnull;
-
-				ereport(ERROR,
-						(errcode(ERRCODE_UNIQUE_VIOLATION),
-						 errmsg("cannot retry task " INT64_FORMAT ": task " INT64_FORMAT " with the same dedupe_key is still live",
-								id, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull))),
-						 errhint("Wait for that task to end, or cancel it.")));
-			}
-		}
-		if (SPI_execute_plan(taskq_prepare(&retry_plan,
-										   "UPDATE taskq.tasks SET status = 'queued', attempts = 0,"
-										   " run_at = pg_catalog.now(), started_at = NULL, finished_at = NULL,"
-										   " lease_until = NULL, worker_pid = NULL,"
-										   " expires_at = CASE WHEN expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() THEN NULL ELSE expires_at END"
-										   " WHERE id OPERATOR(pg_catalog.=) $1",
-										   1, types),
-							 values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "taskq: could not retry task " INT64_FORMAT, id);
+			refuse_if_key_live(&t);
+		requeue_for_retry(&t);
 		taskq_request_wakeup_at_commit();
 		done = true;
 	}
