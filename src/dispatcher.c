@@ -358,7 +358,7 @@ maintenance(void)
 	values[0] = Int32GetDatum(taskq_retention);
 	ret = SPI_execute_plan(taskq_prepare(&retention_plan,
 										 "DELETE FROM taskq.tasks WHERE id IN (SELECT id FROM taskq.tasks"
-										 "   WHERE status IN ('completed', 'failed', 'cancelled', 'timeout', 'expired')"
+										 "   WHERE status " TASKQ_SQL_ENDED
 										 "   AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now()"
 										 "     OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))"
 										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
@@ -451,7 +451,7 @@ claim(TaskqTask **tasks_out)
 									   "    THEN pg_catalog.now() END"
 									   " FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id"
 									   " RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts,"
-									   "  (pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
+									   "  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
 									   "  t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata,"
 									   "  t.status OPERATOR(pg_catalog.=) 'expired'",
 									   2, types),

@@ -54,6 +54,7 @@ typedef struct EnqueueOptions
 	TimestampTz expires_at;
 	int			mode;
 	Jsonb	   *metadata;
+	Oid			owner;			/* the calling role, read before any switch */
 } EnqueueOptions;
 
 static SPIPlanPtr insert_plan = NULL;
@@ -166,12 +167,14 @@ taskq_interval_ms(const char *what, Interval *iv, bool allow_zero)
 	if (days > max_days || days < -max_days)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s is out of range: %s", what, shown)));
+				 errmsg("%s is out of range: %s", what, shown),
+				 errhint("Use an interval of at most a few years.")));
 	us = days * USECS_PER_DAY + iv->time;
 	if (us < 0 || (us == 0 && !allow_zero))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be %s: %s", what, allow_zero ? "zero or positive" : "positive", shown)));
+				 errmsg("%s must be %s: %s", what, allow_zero ? "zero or positive" : "positive", shown),
+				 errhint("Use an interval such as '30 seconds'.")));
 	return (us + 999) / 1000;
 }
 
@@ -215,6 +218,7 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 	char	   *mode;
 	char	   *queue;
 
+	o->owner = taskq_caller();
 	if (!taskq_lookup_handler(handler_name, h))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -307,7 +311,8 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("dedupe_key must be 1 to %d bytes long; this one is %zu",
-							TASKQ_MAX_DEDUPE_KEY, len)));
+							TASKQ_MAX_DEDUPE_KEY, len),
+					 errhint("Use a short business key, such as 'order-42'.")));
 	}
 
 	/* expires_at */
@@ -318,15 +323,22 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 		if (TIMESTAMP_IS_NOBEGIN(o->expires_at))
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("expires_at must not be -infinity")));
+					 errmsg("expires_at must not be -infinity"),
+					 errhint("Leave expires_at NULL (or 'infinity') for a task that never expires.")));
 		if (TIMESTAMP_IS_NOEND(o->expires_at))
 			o->has_expires_at = false;	/* never expires */
 		else if (o->expires_at <= o->run_at)
+		{
+			/* timestamptz_to_str() returns a static buffer: copy each */
+			char	   *expires = pstrdup(timestamptz_to_str(o->expires_at));
+			char	   *runs = pstrdup(timestamptz_to_str(o->run_at));
+
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("expires_at %s is not after the time the task would run, %s",
-							timestamptz_to_str(o->expires_at), timestamptz_to_str(o->run_at)),
+							expires, runs),
 					 errhint("Give a later expires_at, or none.")));
+		}
 	}
 
 	/* mode */
@@ -354,6 +366,7 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 				 errhint("For example '{\"trace_id\": \"abc\"}'.")));
 }
 
+/* index: 1-based position in enqueue_many's array, 0 for enqueue() */
 static Jsonb *
 check_payload(Datum d, int64 index)
 {
@@ -363,6 +376,8 @@ check_payload(Datum d, int64 index)
 	if (size > TASKQ_MAX_PAYLOAD)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 index > 0 ?
+				 errmsg("payloads[" INT64_FORMAT "] is too large: %zu bytes", index, size) :
 				 errmsg("payload is too large: %zu bytes", size),
 				 errdetail("A task's payload is limited to %d MB.", TASKQ_MAX_PAYLOAD / (1024 * 1024)),
 				 errhint("Store large data in a table and enqueue its key.")));
@@ -381,7 +396,7 @@ handler_blocked(const char *name)
 	if (taskq_block_handlers == NULL || taskq_block_handlers[0] == '\0')
 		return false;
 	raw = pstrdup(taskq_block_handlers);
-	if (!SplitIdentifierString(raw, ',', &names))
+	if (!SplitGUCList(raw, ',', &names))
 		return false;
 	foreach(lc, names)
 	{
@@ -418,7 +433,7 @@ warn_if_nothing_dispatches(void)
 	}
 	dbname = get_database_name(MyDatabaseId);
 	raw = pstrdup(taskq_databases ? taskq_databases : "");
-	if (SplitIdentifierString(raw, ',', &names))
+	if (SplitGUCList(raw, ',', &names))
 	{
 		foreach(lc, names)
 		{
@@ -479,7 +494,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	nulls[7] = o->has_expires_at ? ' ' : 'n';
 	values[8] = Int32GetDatum(o->max_attempts);
 	values[9] = IntervalPGetDatum(ms_to_interval(o->timeout_ms));
-	values[10] = ObjectIdGetDatum(taskq_caller());
+	values[10] = ObjectIdGetDatum(o->owner);
 	values[11] = o->dedupe_key ? PointerGetDatum(o->dedupe_key) : (Datum) 0;
 	nulls[11] = o->dedupe_key ? ' ' : 'n';
 
@@ -512,7 +527,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 		plan = taskq_prepare(&insert_dedupe_plan,
 							 INSERT_SQL
 							 " ON CONFLICT (handler, dedupe_key)"
-							 " WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched')"
+							 " WHERE dedupe_key IS NOT NULL AND status " TASKQ_SQL_LIVE
 							 " DO NOTHING RETURNING id", 12, types);
 		ret = SPI_execute_plan(plan, values, nulls, false, 1);
 		if (ret != SPI_OK_INSERT_RETURNING)
@@ -527,7 +542,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 							 " WHERE handler OPERATOR(pg_catalog.=) $1"
 							 " AND dedupe_key OPERATOR(pg_catalog.=) $2"
 							 " AND dedupe_key IS NOT NULL"
-							 " AND status IN ('queued', 'running', 'dispatched')",
+							 " AND status " TASKQ_SQL_LIVE,
 							 2, ftypes);
 		ret = SPI_execute_plan(plan, fvalues, NULL, false, 1);
 		if (ret == SPI_OK_SELECT && SPI_processed == 1)
@@ -615,6 +630,11 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 	 * Sync: write the row as running, run the handler here, as the caller,
 	 * and record its outcome.  An error rolls all three back together.
 	 */
+	if (!o->handler.enabled)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("handler \"%s\" is disabled", o->handler.name),
+				 errhint("Enable it with taskq.register_handler(..., enabled => true), or enqueue with mode => 'async' to keep the task until then.")));
 	{
 		TaskqTask	task;
 		TaskqOutcome out;
@@ -635,13 +655,15 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 		task.attempts = 0;
 		task.max_attempts = o->max_attempts;
 		task.timeout_ms = o->timeout_ms;
-		task.owner = taskq_caller();
+		task.owner = o->owner;
 		task.payload = JsonbPGetDatum(payload);
 		task.metadata = o->metadata ? JsonbPGetDatum(o->metadata) : (Datum) 0;
 		taskq_execute(&task, &o->handler, true, &out);
 		taskq_become_owner(&save);
 		finish_sync(id, &out);
 		taskq_restore_user(&save);
+		if (strcmp(out.status, "completed") == 0)
+			taskq_count_outcome(MyDatabaseId, o->queue, o->handler.name, 1, 0, 0);
 		trace_enqueue(o, out.status, id);
 	}
 	return id;
@@ -714,7 +736,8 @@ taskq_enqueue_many(PG_FUNCTION_ARGS)
 	if (ARR_NDIM(arr) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("payloads must be a one-dimensional array")));
+				 errmsg("payloads must be a one-dimensional array"),
+				 errhint("Pass ARRAY['{...}'::jsonb, ...], one element per task.")));
 	deconstruct_array(arr, JSONBOID, -1, false, TYPALIGN_INT, &elems, &elem_nulls, &n);
 	for (i = 0; i < n; i++)
 	{
@@ -723,7 +746,7 @@ taskq_enqueue_many(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("payloads[%d] is NULL", i + 1),
 					 errhint("Pass '{}' for a task without a payload.")));
-		(void) check_payload(elems[i], i);
+		(void) check_payload(elems[i], i + 1);
 	}
 	if (!PG_ARGISNULL(8) && n > 1)
 		ereport(ERROR,

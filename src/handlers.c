@@ -20,6 +20,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
+#include "utils/lsyscache.h"
 #include "utils/builtins.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -80,7 +81,7 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 
 	plan = taskq_prepare(&lookup_plan,
 						 "SELECT kind, target, queue, priority, max_attempts,"
-						 " (pg_catalog.date_part('epoch', timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
+						 " pg_catalog.ceil(pg_catalog.date_part('epoch', timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
 						 " ack, enabled, owner::pg_catalog.oid"
 						 " FROM taskq.handlers WHERE name OPERATOR(pg_catalog.=) $1",
 						 1, types);
@@ -115,19 +116,55 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 }
 
 /*
- * Resolve 'schema.fn(jsonb)' (or 'schema.fn', meaning the same) to a
- * function that can be a handler, or raise an error that says why not.
+ * Parse 'schema.fn(jsonb)' (or 'schema.fn', meaning the same) and look the
+ * function up; InvalidOid if it does not exist.  A malformed target is an
+ * error that names it.
+ */
+static Oid
+lookup_function(const char *target, char **sig_out)
+{
+	char	   *sig = strchr(target, '(') ? pstrdup(target) : psprintf("%s(jsonb)", target);
+	MemoryContext oldcontext = CurrentMemoryContext;
+	volatile Oid fn = InvalidOid;
+	ErrorData  *volatile edata = NULL;
+
+	PG_TRY();
+	{
+		fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein, CStringGetDatum(sig)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+
+	/* a missing function or schema is "does not exist"; the rest is syntax */
+	if (edata != NULL &&
+		edata->sqlerrcode != ERRCODE_UNDEFINED_FUNCTION &&
+		edata->sqlerrcode != ERRCODE_UNDEFINED_SCHEMA)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid handler function \"%s\"", target),
+				 errdetail("%s", edata->message),
+				 errhint("Give the function as 'schema.name(jsonb)' or 'schema.name'.")));
+	*sig_out = sig;
+	return fn;
+}
+
+/*
+ * Resolve a function handler's target to a function that can be a
+ * handler, or raise an error that says why not.
  */
 Oid
 taskq_resolve_function(const char *target, bool missing_ok)
 {
 	char	   *sig;
-	Oid			fn;
+	Oid			fn = lookup_function(target, &sig);
 	HeapTuple	tup;
 	Form_pg_proc proc;
 
-	sig = strchr(target, '(') ? pstrdup(target) : psprintf("%s(jsonb)", target);
-	fn = DatumGetObjectId(DirectFunctionCall1(to_regprocedure, CStringGetTextDatum(sig)));
 	if (!OidIsValid(fn))
 	{
 		if (missing_ok)
@@ -155,7 +192,8 @@ taskq_resolve_function(const char *target, bool missing_ok)
 	if (proc->proretset)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("handler function %s must not return a set", format_procedure(fn))));
+				 errmsg("handler function %s must not return a set", format_procedure(fn)),
+				 errhint("Return one value (jsonb, a scalar, a row) or void.")));
 	if (isAnyTempNamespace(proc->pronamespace))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
@@ -163,6 +201,15 @@ taskq_resolve_function(const char *target, bool missing_ok)
 				 errhint("Dispatchers run in other sessions; create the function in a permanent schema.")));
 	ReleaseSysCache(tup);
 	return fn;
+}
+
+/* The canonical target of a handler function: 'schema.name(jsonb)'. */
+static char *
+function_target(Oid fn)
+{
+	return psprintf("%s(jsonb)",
+					quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
+											   get_func_name(fn)));
 }
 
 /*
@@ -225,12 +272,13 @@ require_handler_privilege(const char *name, Oid caller, Oid owner, const char *a
 }
 
 static void
-require_not_null(FunctionCallInfo fcinfo, int n, const char *what)
+require_not_null(FunctionCallInfo fcinfo, int n, const char *what, const char *hint)
 {
 	if (PG_ARGISNULL(n))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", what)));
+				 errmsg("%s must not be NULL", what),
+				 errhint("%s", hint)));
 }
 
 /*
@@ -251,11 +299,11 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	Datum		values[10];
 	char		nulls[10];
 
-	require_not_null(fcinfo, 0, "name");
-	require_not_null(fcinfo, 1, "target");
-	require_not_null(fcinfo, 2, "kind");
-	require_not_null(fcinfo, 7, "ack");
-	require_not_null(fcinfo, 8, "enabled");
+	require_not_null(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
+	require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, or a description for log.");
+	require_not_null(fcinfo, 2, "kind", "Use 'function', 'notify' or 'log'.");
+	require_not_null(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
+	require_not_null(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	target = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	kind = parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(2)));
@@ -264,7 +312,7 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	switch (kind)
 	{
 		case TASKQ_KIND_FUNCTION:
-			target = format_procedure_qualified(taskq_resolve_function(target, false));
+			target = function_target(taskq_resolve_function(target, false));
 			break;
 		case TASKQ_KIND_NOTIFY:
 			check_channel(target);
@@ -295,7 +343,8 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 		taskq_interval_ms("timeout", PG_GETARG_INTERVAL_P(6), false) > INT_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("timeout is out of range"),
+				 errmsg("timeout is out of range: %s",
+						DatumGetCString(DirectFunctionCall1(interval_out, PG_GETARG_DATUM(6)))),
 				 errhint("Use a timeout of at most 24 days.")));
 	if (!PG_GETARG_BOOL(7) && kind != TASKQ_KIND_NOTIFY)
 		ereport(ERROR,
@@ -358,7 +407,7 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 
-	require_not_null(fcinfo, 0, "name");
+	require_not_null(fcinfo, 0, "name", "Pass the name of a registered handler.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	SPI_connect();

@@ -167,7 +167,7 @@ wanted_databases(void)
 
 	MemoryContext old;
 
-	if (!SplitIdentifierString(raw, ',', &names))
+	if (!SplitGUCList(raw, ',', &names))
 		return NIL;				/* the check hook refuses this */
 
 	list_free_deep(db_names);

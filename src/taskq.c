@@ -90,7 +90,7 @@ check_databases(char **newval, void **extra, GucSource source)
 	bool		ok;
 
 	raw = pstrdup(*newval ? *newval : "");
-	ok = SplitIdentifierString(raw, ',', &names);
+	ok = SplitGUCList(raw, ',', &names);
 	if (!ok)
 		GUC_check_errdetail("List syntax is invalid; write database names separated by commas.");
 	list_free(names);
@@ -109,7 +109,7 @@ check_handler_list(char **newval, void **extra, GucSource source)
 	bool		ok;
 
 	raw = pstrdup(*newval ? *newval : "");
-	ok = SplitIdentifierString(raw, ',', &names);
+	ok = SplitGUCList(raw, ',', &names);
 	if (!ok)
 		GUC_check_errdetail("List syntax is invalid; write handler names separated by commas.");
 	list_free(names);

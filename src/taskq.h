@@ -39,6 +39,14 @@
 #define TASKQ_NOTIFY_MAXLEN		7999	/* NOTIFY's payload limit (NAMEDATALEN-independent) */
 #define TASKQ_ERROR_MAXLEN		1024	/* stored last_error is cut here */
 
+/*
+ * Status tests for our own SQL, with the operator spelled out: statements
+ * that run as the table owner must not resolve operators through a
+ * caller's search_path.
+ */
+#define TASKQ_SQL_LIVE	"OPERATOR(pg_catalog.=) ANY ('{queued,running,dispatched}'::taskq.status[])"
+#define TASKQ_SQL_ENDED	"OPERATOR(pg_catalog.=) ANY ('{completed,failed,cancelled,timeout,expired}'::taskq.status[])"
+
 /* ----------------------------------------------------------------
  * GUCs (taskq.c)
  * ----------------------------------------------------------------

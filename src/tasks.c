@@ -64,7 +64,8 @@ id_arg(FunctionCallInfo fcinfo)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("task id must not be NULL")));
+				 errmsg("task id must not be NULL"),
+				 errhint("Pass the id that taskq.enqueue() returned.")));
 	return PG_GETARG_INT64(0);
 }
 
@@ -183,7 +184,7 @@ refuse_if_key_live(const LockedTask *t)
 	if (SPI_execute_plan(taskq_prepare(&live_dupe_plan,
 									   "SELECT id FROM taskq.tasks WHERE handler OPERATOR(pg_catalog.=) $1"
 									   " AND dedupe_key OPERATOR(pg_catalog.=) $2"
-									   " AND status IN ('queued', 'running', 'dispatched')",
+									   " AND status " TASKQ_SQL_LIVE,
 									   2, types),
 						 values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.tasks");
@@ -412,7 +413,7 @@ taskq_wait(PG_FUNCTION_ARGS)
 		TransactionId xmin;
 
 		if (SPI_execute_plan(taskq_prepare(&wait_plan,
-										   "SELECT t, t.status NOT IN ('queued', 'running', 'dispatched'), t.xmin"
+										   "SELECT t, NOT (t.status " TASKQ_SQL_LIVE "), t.xmin"
 										   " FROM taskq.tasks t WHERE t.id OPERATOR(pg_catalog.=) $1",
 										   1, types),
 							 values, NULL, false, 1) != SPI_OK_SELECT)
@@ -451,7 +452,8 @@ queue_arg(FunctionCallInfo fcinfo)
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("queue must not be NULL")));
+				 errmsg("queue must not be NULL"),
+				 errhint("Pass a queue name, such as 'default'.")));
 	queue = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	taskq_check_name("queue", queue);
 	return queue;
