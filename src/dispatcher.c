@@ -66,6 +66,7 @@ static int	my_slotno = -1;
 static TaskqSlot *my_slot = NULL;
 static MemoryContext batch_ctx = NULL;
 static TimestampTz last_maintenance = 0;
+static TimestampTz next_lease_expiry = DT_NOEND;	/* maintenance due then */
 static char my_dbname[NAMEDATALEN];
 static uint64 cancel_seen = 0;	/* our position in the cancel ring */
 
@@ -317,6 +318,7 @@ maintenance(void)
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
 	int			ret;
+	uint64		i;
 
 	set_state(TASKQ_STATE_MAINTENANCE);
 	reap_orphans();
@@ -333,14 +335,23 @@ maintenance(void)
 										 "   OPERATOR(pg_catalog.||) attempts::pg_catalog.text OPERATOR(pg_catalog.||) ')'"
 										 " WHERE id IN (SELECT id FROM taskq.tasks"
 										 "   WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
-										 "   AND lease_until OPERATOR(pg_catalog.<=) pg_catalog.now()"
-										 "   FOR UPDATE SKIP LOCKED)",
+										 "   AND lease_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
+										 "   FOR UPDATE SKIP LOCKED)"
+										 " RETURNING queue, handler, status OPERATOR(pg_catalog.=) 'failed'",
 										 0, NULL),
 						   NULL, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
+	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: expiring leases failed");
-	if (SPI_processed > 0)
-		elog(DEBUG1, "taskq: " UINT64_FORMAT " notify tasks were not acknowledged in time", SPI_processed);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		bool		failed = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+
+		taskq_count_outcome(MyDatabaseId, SPI_getvalue(tup, SPI_tuptable->tupdesc, 1),
+							SPI_getvalue(tup, SPI_tuptable->tupdesc, 2),
+							0, failed ? 1 : 0, failed ? 0 : 1);
+	}
 
 	/* Queued tasks past expires_at end 'expired'. */
 	ret = SPI_execute_plan(taskq_prepare(&expire_plan,
@@ -371,23 +382,26 @@ maintenance(void)
 
 /*
  * When something next becomes due: the earliest future run_at of a queued
- * task, or the earliest lease to run out.  Both are index range scans.
+ * task (returned), and the earliest lease to run out (*lease).  Both are
+ * index range scans.
  */
 static TimestampTz
-next_due(void)
+next_due(TimestampTz *lease)
 {
 	bool		isnull;
 	Datum		d;
 
 	if (SPI_execute_plan(taskq_prepare(&next_due_plan,
-									   "SELECT LEAST("
+									   "SELECT"
 									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
 									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1),"
 									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
-									   "   ORDER BY lease_until LIMIT 1))",
+									   "   ORDER BY lease_until LIMIT 1)",
 									   0, NULL),
 						 NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: computing the next due time failed");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	*lease = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
 }
@@ -514,8 +528,9 @@ taskq_backoff_ms(int attempt)
 #endif
 }
 
+/* One trace line per dispatch decision; delay is run_at to handler start. */
 static void
-trace_dispatch(TaskqTask *task, TaskqHandler *h, const char *outcome)
+trace_dispatch(TaskqTask *task, TaskqHandler *h, TimestampTz start, const char *outcome)
 {
 	if (!taskq_trace)
 		return;
@@ -523,7 +538,7 @@ trace_dispatch(TaskqTask *task, TaskqHandler *h, const char *outcome)
 			(errmsg("taskq: dispatch task=" INT64_FORMAT " handler=%s kind=%s queue=%s mode=async delay=" INT64_FORMAT "ms priority=%d attempt=%d outcome=%s",
 					task->id, task->handler, h ? taskq_kind_name(h->kind) : "?",
 					task->queue,
-					(int64) ((GetCurrentTimestamp() - task->run_at) / 1000),
+					(int64) (Max(start - task->run_at, 0) / 1000),
 					task->priority, task->attempts + 1, outcome),
 			 errhidestmt(true)));
 }
@@ -682,7 +697,7 @@ run_task(TaskqTask *task, TaskqHandler *h)
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
 		ok = true;
-		trace_dispatch(task, h, out.status);
+		trace_dispatch(task, h, start, out.status);
 		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
 							strcmp(out.status, "completed") == 0, 0, 0);
 	}
@@ -717,10 +732,10 @@ run_task(TaskqTask *task, TaskqHandler *h)
 		if (!record_failure(task, error, timed_out))
 			cancelled = true;
 		else
-			trace_dispatch(task, h, timed_out ? "timeout" : "error");
+			trace_dispatch(task, h, start, timed_out ? "timeout" : "error");
 	}
 	if (cancelled)
-		trace_dispatch(task, h, "cancelled");
+		trace_dispatch(task, h, start, "cancelled");
 	FreeErrorData(edata);
 }
 
@@ -747,7 +762,7 @@ run_batch(TaskqTask *tasks, int n)
 
 			if (task->expired)
 			{
-				trace_dispatch(task, NULL, "expired");
+				trace_dispatch(task, NULL, GetCurrentTimestamp(), "expired");
 				continue;
 			}
 			run_task(task, batch_handler(cache, &ncache, task->handler));
@@ -768,21 +783,27 @@ run_batch(TaskqTask *tasks, int n)
  */
 
 /*
- * Find work and do it: maintenance when due, then batches while they come
- * back full.  Returns when the queue has nothing due, with the time
- * something next becomes due; exits if the extension is gone.
+ * Find work and do it: maintenance when due, then batches until a claim
+ * comes back empty.  Claiming again after every non-empty batch matters:
+ * a handler can reset our latch (pg_sleep, lock waits), so a commit that
+ * woke us while it ran is seen only by claiming again.  Returns when
+ * nothing is due, with the time something next becomes due; exits if the
+ * extension is gone.
  */
 static TimestampTz
 work(void)
 {
 	TimestampTz due;
+	TimestampTz lease;
 
 	for (;;)
 	{
 		TaskqTask  *tasks;
 		int			n;
+		TimestampTz now = GetCurrentTimestamp();
 
-		if (TimestampDifferenceExceeds(last_maintenance, GetCurrentTimestamp(),
+		if (now >= next_lease_expiry ||
+			TimestampDifferenceExceeds(last_maintenance, now,
 									   Min(MAINTENANCE_MS, taskq_poll_interval)))
 		{
 			begin_tx("taskq: maintenance");
@@ -793,6 +814,7 @@ work(void)
 			}
 			maintenance();
 			commit_tx(true);
+			next_lease_expiry = DT_NOEND;
 		}
 
 		MemoryContextReset(batch_ctx);
@@ -804,7 +826,7 @@ work(void)
 		between_batches();
 		if (!taskq_enabled)
 			return DT_NOEND;
-		if (n < taskq_batch_size)
+		if (n == 0)
 			break;
 	}
 
@@ -815,9 +837,18 @@ work(void)
 		commit_tx(false);
 		exit_because(TASKQ_EXIT_NO_EXTENSION);
 	}
-	due = next_due();
+	due = next_due(&lease);
 	commit_tx(false);
-	return due;
+
+	/*
+	 * A lease that ran out needs maintenance; one that maintenance could
+	 * not take yet (locked by an ack in flight) is looked at again soon,
+	 * not in a tight loop.
+	 */
+	next_lease_expiry = lease;
+	if (lease <= GetCurrentTimestamp())
+		lease = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10);
+	return Min(due, lease);
 }
 
 void

@@ -1,0 +1,269 @@
+# Failed attempts: retries with backoff until max_attempts, timeouts, and
+# cancelling a running task.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('retry');
+$node->init;
+$node->append_conf('postgresql.conf', <<'EOC');
+shared_preload_libraries = 'taskq'
+taskq.databases = 'postgres'
+taskq.workers = 1
+taskq.retry_backoff = '200ms'
+max_worker_processes = 16
+EOC
+$node->start;
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sub wait_status
+{
+	my ($id, $status) = @_;
+	return 1
+	  if $node->poll_query_until('postgres',
+		"SELECT status = '$status' FROM taskq.tasks WHERE id = $id");
+	diag "task $id: "
+	  . sql("SELECT status, attempts, last_error FROM taskq.tasks WHERE id = $id");
+	return 0;
+}
+
+# Handlers count their attempts with sequences: a failed attempt's writes
+# roll back, nextval() and setval() do not.
+sql(<<'EOS');
+CREATE EXTENSION taskq;
+CREATE TABLE side_effects (handler text NOT NULL, attempt bigint NOT NULL);
+CREATE SEQUENCE always_seq;
+CREATE SEQUENCE always_at_1;
+CREATE SEQUENCE always_at_2;
+CREATE SEQUENCE always_at_3;
+CREATE SEQUENCE once_seq;
+CREATE SEQUENCE sleepy_once_seq;
+CREATE SEQUENCE late_cancel_seq;
+
+-- always fails; records when each attempt ran (microseconds since epoch)
+CREATE FUNCTION public.always_fails(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE n bigint := nextval('always_seq');
+BEGIN
+    PERFORM setval('always_at_' || n, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+    INSERT INTO side_effects VALUES ('always', n);
+    RAISE EXCEPTION 'handler exploded on purpose';
+END $$;
+
+-- fails on its first attempt only, after writing
+CREATE FUNCTION public.fails_once(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE n bigint := nextval('once_seq');
+BEGIN
+    INSERT INTO side_effects VALUES ('once', n);
+    IF n = 1 THEN
+        RAISE EXCEPTION 'first attempt fails';
+    END IF;
+    RETURN jsonb_build_object('attempt', n);
+END $$;
+
+CREATE FUNCTION public.sleepy(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO side_effects VALUES ('sleepy', 0);
+    PERFORM pg_sleep(10);
+END $$;
+
+-- sleeps past its timeout on the first attempt only
+CREATE FUNCTION public.sleepy_once(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE n bigint := nextval('sleepy_once_seq');
+BEGIN
+    IF n = 1 THEN
+        PERFORM pg_sleep(10);
+    END IF;
+    RETURN jsonb_build_object('attempt', n);
+END $$;
+
+-- writes, then sleeps for 30 s or p.sleep seconds (to be cancelled)
+CREATE FUNCTION public.long_job(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO side_effects VALUES ('long_job', 0);
+    IF p ? 'started_seq' THEN
+        PERFORM nextval(p->>'started_seq');
+    END IF;
+    PERFORM pg_sleep(coalesce((p->>'sleep')::float8, 30));
+END $$;
+
+-- waits until the test session releases advisory lock 42
+CREATE FUNCTION public.gate(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(42);
+END $$;
+
+CREATE TABLE runs (label text, at timestamptz DEFAULT clock_timestamp());
+CREATE FUNCTION public.record(p jsonb) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO runs (label) VALUES (p->>'label');
+$$;
+
+SELECT taskq.register_handler('always', 'public.always_fails(jsonb)', max_attempts => 3);
+SELECT taskq.register_handler('once', 'public.fails_once(jsonb)', max_attempts => 3);
+SELECT taskq.register_handler('sleepy', 'public.sleepy(jsonb)');
+SELECT taskq.register_handler('sleepy_once', 'public.sleepy_once(jsonb)');
+SELECT taskq.register_handler('long_job', 'public.long_job(jsonb)');
+SELECT taskq.register_handler('gate', 'public.gate(jsonb)');
+SELECT taskq.register_handler('record', 'public.record(jsonb)');
+EOS
+
+# ---------------------------------------------------------------------
+# A handler that always raises: 3 attempts, then 'failed'.
+# ---------------------------------------------------------------------
+my $id = sql(q{SELECT taskq.enqueue('always', '{}')});
+ok(wait_status($id, 'failed'), 'an always-failing task ends failed');
+is( sql("SELECT attempts, max_attempts, last_error, finished_at IS NOT NULL
+         FROM taskq.tasks WHERE id = $id"),
+	'3|3|handler exploded on purpose|t',
+	'after 3 attempts, with the exception text as last_error');
+is(sql(q{SELECT last_value FROM always_seq}), '3', 'the handler ran exactly 3 times');
+is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'always'}),
+	'0', 'the writes of failed attempts were rolled back');
+is( sql(q{SELECT last_error FROM taskq.workers WHERE type = 'dispatcher'}),
+	'handler exploded on purpose',
+	'taskq.workers shows the dispatcher\'s last error');
+
+# Backoff: retry k waits between half and all of retry_backoff * 2^(k-1).
+my @at = map { sql("SELECT last_value FROM always_at_$_") / 1e6 } 1 .. 3;
+my ($gap1, $gap2) = ($at[1] - $at[0], $at[2] - $at[1]);
+note sprintf('retry gaps: %.3f s, %.3f s (retry_backoff = 200ms)', $gap1, $gap2);
+cmp_ok($gap1, '>=', 0.100, 'first retry waited at least retry_backoff/2');
+cmp_ok($gap2, '>=', 0.200, 'second retry waited at least 2*retry_backoff/2');
+cmp_ok($gap1, '<', 1.5, 'first retry came soon after its backoff');
+cmp_ok($gap2, '<', 1.5, 'second retry came soon after its backoff');
+
+# taskq.retry() re-queues it with a fresh budget; fix the handler first.
+sql(q{CREATE OR REPLACE FUNCTION public.always_fails(p jsonb) RETURNS jsonb
+      LANGUAGE sql AS $$ SELECT '{"fixed": true}'::jsonb $$});
+is(sql("SELECT taskq.retry($id)"), 't', 'taskq.retry() of a failed task');
+ok(wait_status($id, 'completed'), 'the retried task completes');
+is( sql("SELECT attempts, result FROM taskq.tasks WHERE id = $id"),
+	'1|{"fixed": true}', 'with a fresh attempt count and the new result');
+is(sql("SELECT taskq.retry($id)"), 'f', 'taskq.retry() of a completed task is refused');
+
+# ---------------------------------------------------------------------
+# A handler that fails once completes on attempt 2.
+# ---------------------------------------------------------------------
+$id = sql(q{SELECT taskq.enqueue('once', '{}')});
+ok(wait_status($id, 'completed'), 'a fail-once task completes');
+is( sql("SELECT attempts, result, last_error FROM taskq.tasks WHERE id = $id"),
+	'2|{"attempt": 2}|first attempt fails',
+	'on attempt 2, with the result of attempt 2');
+is( sql(q{SELECT string_agg(attempt::text, ',') FROM side_effects WHERE handler = 'once'}),
+	'2', 'only the successful attempt\'s write is kept');
+
+# ---------------------------------------------------------------------
+# Timeouts.
+# ---------------------------------------------------------------------
+$id = sql(
+	q{SELECT taskq.enqueue('sleepy', '{}', timeout => '300ms', max_attempts => 1)});
+ok(wait_status($id, 'timeout'), 'a handler past its timeout ends timeout');
+is( sql("SELECT attempts, last_error,
+                finished_at - started_at < interval '3s'
+         FROM taskq.tasks WHERE id = $id"),
+	'1|timed out after 300 ms|t',
+	'after one attempt, interrupted long before pg_sleep(10) ended');
+is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'sleepy'}),
+	'0', 'the timed-out attempt\'s write was rolled back');
+
+$id = sql(
+	q{SELECT taskq.enqueue('sleepy', '{}', timeout => '300ms', max_attempts => 2)});
+ok(wait_status($id, 'timeout'), 'two timed-out attempts end timeout');
+is(sql("SELECT attempts, last_error FROM taskq.tasks WHERE id = $id"),
+	'2|timed out after 300 ms', 'the first timeout was retried');
+
+$id = sql(
+	q{SELECT taskq.enqueue('sleepy_once', '{}', timeout => '300ms', max_attempts => 2)});
+ok(wait_status($id, 'completed'), 'a task that times out once completes on retry');
+is( sql("SELECT attempts, result, last_error FROM taskq.tasks WHERE id = $id"),
+	'2|{"attempt": 2}|timed out after 300 ms',
+	'on attempt 2, after a timed-out attempt 1');
+
+# ---------------------------------------------------------------------
+# Cancel a running task: its handler is interrupted, its writes roll
+# back, and the dispatcher goes on to the next task.
+# ---------------------------------------------------------------------
+sql('TRUNCATE side_effects');
+my $long = sql(q{SELECT taskq.enqueue('long_job', '{}')});
+my $next = sql(q{SELECT taskq.enqueue('record', '{"label": "after-cancel"}')});
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM taskq.workers
+         WHERE current_task = $long AND state = 'running'"),
+	'taskq.workers shows the long task running');
+is(sql("SELECT status FROM taskq.tasks WHERE id = $long"),
+	'running', 'the long task is running');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity
+          WHERE backend_type = 'taskq dispatcher' AND wait_event = 'PgSleep'}),
+	'its handler is in pg_sleep');
+
+my $t_cancel = sql('SELECT clock_timestamp()');
+is(sql("SELECT taskq.cancel($long)"), 't', 'taskq.cancel() of a running task');
+ok(wait_status($next, 'completed'), 'the dispatcher runs the next task');
+my $after = sql(
+	"SELECT extract(epoch FROM at - '$t_cancel') FROM runs WHERE label = 'after-cancel'");
+note sprintf('next task ran %.3f s after the cancel', $after);
+cmp_ok($after, '<', 3, 'the next task ran within 3 s of the cancel (the handler sleeps 30 s)');
+is( sql("SELECT status, finished_at IS NOT NULL FROM taskq.tasks WHERE id = $long"),
+	'cancelled|t', 'the cancelled task stays cancelled');
+is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'long_job'}),
+	'0', 'the cancelled handler\'s write was rolled back');
+is( sql(q{SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'
+          AND backend_type = 'taskq dispatcher'}),
+	'0', 'no dispatcher is still sleeping in the handler');
+is(sql("SELECT taskq.cancel($long)"), 'f', 'cancelling it again returns false');
+
+# A queued task that is cancelled never runs.
+my $queued =
+  sql(q{SELECT taskq.enqueue('long_job', '{}', run_after => '1 hour')});
+is(sql("SELECT taskq.cancel($queued)"), 't', 'taskq.cancel() of a queued task');
+is( sql("SELECT status, attempts FROM taskq.tasks WHERE id = $queued"),
+	'cancelled|0', 'the cancelled queued task ends cancelled without an attempt');
+
+# ---------------------------------------------------------------------
+# Cancel a task that was claimed in a batch but whose handler has not
+# started yet (its status is already 'running'): its handler must not
+# hold up the dispatcher for its whole duration.  (It sleeps 8 s, not 30,
+# so that a failure here costs 8 s.)
+# ---------------------------------------------------------------------
+sql('TRUNCATE side_effects, runs');
+my $bg = $node->background_psql('postgres');
+$bg->query_safe('SELECT pg_advisory_lock(42)');
+my ($gate, $victim, $marker) = split /\n/, sql(<<'EOS');
+BEGIN;
+SELECT taskq.enqueue('gate', '{}', priority => 10);
+SELECT taskq.enqueue('long_job', '{"started_seq": "late_cancel_seq", "sleep": 8}', priority => 5);
+SELECT taskq.enqueue('record', '{"label": "after-late-cancel"}', priority => 0);
+COMMIT;
+EOS
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM taskq.workers WHERE current_task = $gate"),
+	'the gate task runs and holds up its batch');
+is( sql("SELECT string_agg(status::text, ',' ORDER BY id) FROM taskq.tasks
+         WHERE id IN ($gate, $victim, $marker)"),
+	'running,running,running', 'the whole batch is claimed');
+is(sql("SELECT taskq.cancel($victim)"), 't', 'cancel the claimed, not yet started task');
+$t_cancel = sql('SELECT clock_timestamp()');
+$bg->query_safe('SELECT pg_advisory_unlock(42)');
+$bg->quit;
+ok(wait_status($gate,   'completed'), 'the gate task completes');
+ok(wait_status($marker, 'completed'), 'the task after the cancelled one completes');
+$after = sql(
+	"SELECT extract(epoch FROM at - '$t_cancel') FROM runs WHERE label = 'after-late-cancel'");
+note sprintf('task after the claimed-then-cancelled one ran %.3f s after the cancel', $after);
+cmp_ok($after, '<', 3,
+	'the cancelled task did not hold up the dispatcher (its handler sleeps 8 s)');
+is(sql("SELECT status FROM taskq.tasks WHERE id = $victim"),
+	'cancelled', 'the claimed task stays cancelled');
+is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'long_job'}),
+	'0', 'the cancelled task left no write');
+is(sql(q{SELECT is_called FROM late_cancel_seq}),
+	'f', 'the handler of the task cancelled before it started never ran');
+
+$node->stop;
+done_testing();
