@@ -167,7 +167,7 @@ load_suspect_files(void)
 		{
 			shared->suspects[shared->nsuspects++] = s;
 			ereport(LOG,
-					(errmsg("taskq: task " INT64_FORMAT " was running when the server stopped abnormally; it will be charged one attempt",
+					(errmsg("taskq: task " INT64_FORMAT " was running when a dispatcher died; its crash will be counted when a dispatcher starts",
 							s.task_id)));
 		}
 	}
