@@ -317,3 +317,11 @@ SELECT count(*) FROM taskq.handlers WHERE name = 'hd_bad';
 -- a refused update leaves the existing registration as it was
 SELECT taskq.register_handler('hd_log', 'app.record', priority => 500);
 SELECT name, kind, target, priority FROM taskq.handlers WHERE name = 'hd_log';
+
+-- a malformed target is refused with the target, the parser's complaint and a hint
+SELECT taskq.register_handler('hd_bad', 'app.record(');
+SELECT count(*) FROM taskq.handlers WHERE name = 'hd_bad';
+
+-- an argument type that does not exist
+SELECT taskq.register_handler('hd_bad', 'app.record(no_such_type)');
+SELECT count(*) FROM taskq.handlers WHERE name = 'hd_bad';

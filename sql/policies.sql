@@ -237,3 +237,12 @@ RESET taskq.require_enqueue;
 -- off again: sync runs
 SELECT taskq.enqueue('pol_fn', '{"tag": "pol_not_required"}', mode => 'sync') AS id \gset
 SELECT status FROM taskq.tasks WHERE id = :id;
+
+-- sync mode refuses a disabled handler (async would keep the task queued)
+SELECT taskq.register_handler('pol_disabled', 'app.record', enabled => false);
+SELECT taskq.enqueue('pol_disabled', '{"tag": "pol_disabled_sync"}', mode => 'sync');
+SELECT count(*) FROM taskq.tasks WHERE handler = 'pol_disabled';
+SELECT count(*) FROM app.ledger WHERE tag = 'pol_disabled_sync';
+-- ... while async records it, queued
+SELECT taskq.enqueue('pol_disabled', '{"tag": "pol_disabled_async"}') > 0 AS enqueued;
+SELECT status, count(*) FROM taskq.tasks WHERE handler = 'pol_disabled' GROUP BY status;
