@@ -35,6 +35,7 @@
 #include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #if PG_VERSION_NUM >= 150000
@@ -71,6 +72,8 @@ static char my_dbname[NAMEDATALEN];
 static uint64 cancel_seen = 0;	/* our position in the cancel ring */
 
 static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr claim_excluding_plan = NULL;
+static SPIPlanPtr exclusions_plan = NULL;
 static SPIPlanPtr success_plan = NULL;
 static SPIPlanPtr failure_plan = NULL;
 static SPIPlanPtr reap_plan = NULL;
@@ -424,6 +427,27 @@ compare_tasks(const void *a, const void *b)
 	return x->id < y->id ? -1 : (x->id > y->id ? 1 : 0);
 }
 
+/* The claim, around the exclusion of paused queues and disabled handlers. */
+#define CLAIM_SQL_HEAD \
+	"WITH c AS (" \
+	" SELECT t.id FROM taskq.tasks t" \
+	" WHERE t.status OPERATOR(pg_catalog.=) 'queued'" \
+	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+#define CLAIM_SQL_TAIL \
+	" ORDER BY t.priority DESC, t.run_at, t.id" \
+	" LIMIT $1 FOR UPDATE SKIP LOCKED)" \
+	" UPDATE taskq.tasks t SET" \
+	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
+	"    THEN 'expired' ELSE 'running' END::taskq.status," \
+	"  worker_pid = $2, started_at = pg_catalog.now()," \
+	"  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
+	"    THEN pg_catalog.now() END" \
+	" FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id" \
+	" RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts," \
+	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8," \
+	"  t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata," \
+	"  t.status OPERATOR(pg_catalog.=) 'expired'"
+
 /*
  * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
  * many (expired ones included, marked), or -1 if the extension is gone.
@@ -431,8 +455,10 @@ compare_tasks(const void *a, const void *b)
 static int
 claim(TaskqTask **tasks_out)
 {
-	Oid			types[2] = {INT4OID, INT4OID};
-	Datum		values[2];
+	Oid			types[4] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		values[4];
+	SPIPlanPtr	plan;
+	int			exclusions;
 	TaskqTask  *tasks;
 	uint64		i;
 	int			n;
@@ -448,28 +474,40 @@ claim(TaskqTask **tasks_out)
 	cancel_seen = taskq_cancel_generation();
 	values[0] = Int32GetDatum(taskq_batch_size);
 	values[1] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(taskq_prepare(&claim_plan,
-									   "WITH c AS ("
-									   " SELECT t.id FROM taskq.tasks t"
-									   " WHERE t.status OPERATOR(pg_catalog.=) 'queued'"
-									   "   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-									   "   AND t.queue OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT name FROM taskq.queues WHERE paused))"
-									   "   AND t.handler OPERATOR(pg_catalog.<>) ALL (ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled))"
-									   " ORDER BY t.priority DESC, t.run_at, t.id"
-									   " LIMIT $1 FOR UPDATE SKIP LOCKED)"
-									   " UPDATE taskq.tasks t SET"
-									   "  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-									   "    THEN 'expired' ELSE 'running' END::taskq.status,"
-									   "  worker_pid = $2, started_at = pg_catalog.now(),"
-									   "  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-									   "    THEN pg_catalog.now() END"
-									   " FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id"
-									   " RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts,"
-									   "  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
-									   "  t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata,"
-									   "  t.status OPERATOR(pg_catalog.=) 'expired'",
-									   2, types),
-						 values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+
+	/*
+	 * Paused queues and disabled handlers are rare.  Without any, the claim
+	 * is the plain ordered scan of tasks_due_idx.  With some, the claim
+	 * excludes them by value, planned for those values each time: a
+	 * generic plan estimates "queue <> ALL (unknown)" from the column's
+	 * statistics, and with a single queue in the table that estimate is
+	 * zero rows, which makes a sort of the whole table look cheaper than
+	 * the index.
+	 */
+	if (SPI_execute_plan(taskq_prepare(&exclusions_plan,
+									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused),"
+									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled)",
+									   0, NULL),
+						 NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: reading paused queues failed");
+	{
+		bool		isnull;
+
+		values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		exclusions = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[2])), ARR_DIMS(DatumGetArrayTypeP(values[2]))) +
+			ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[3])), ARR_DIMS(DatumGetArrayTypeP(values[3])));
+	}
+	if (exclusions == 0)
+		plan = taskq_prepare(&claim_plan,
+							 CLAIM_SQL_HEAD CLAIM_SQL_TAIL, 2, types);
+	else
+		plan = taskq_prepare_custom(&claim_excluding_plan,
+									CLAIM_SQL_HEAD
+									"   AND t.queue OPERATOR(pg_catalog.<>) ALL ($3)"
+									"   AND t.handler OPERATOR(pg_catalog.<>) ALL ($4)"
+									CLAIM_SQL_TAIL, 4, types);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: claiming tasks failed");
 
 	n = (int) SPI_processed;
@@ -544,6 +582,15 @@ trace_dispatch(TaskqTask *task, TaskqHandler *h, TimestampTz start, const char *
 }
 
 /*
+ * "The task is still ours", for the outcome updates.  Written with a text
+ * comparison on purpose: "status = 'running'" would let the planner scan
+ * tasks_inflight_idx (whose predicate it implies) instead of the primary
+ * key, visiting every dead in-flight entry on each update.
+ */
+#define STILL_OURS \
+	"status::pg_catalog.text OPERATOR(pg_catalog.=) 'running' AND worker_pid OPERATOR(pg_catalog.=) $5"
+
+/*
  * Record a handler's success inside its subtransaction.  False if the task
  * is no longer ours (cancelled meanwhile): the caller rolls back.
  */
@@ -566,8 +613,7 @@ record_success(TaskqTask *task, TaskqOutcome *out)
 									   " finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'completed' THEN pg_catalog.clock_timestamp() END,"
 									   " lease_until = CASE WHEN $2 OPERATOR(pg_catalog.=) 'dispatched'"
 									   "   THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000.0) END"
-									   " WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'running'"
-									   " AND worker_pid OPERATOR(pg_catalog.=) $5",
+									   " WHERE id OPERATOR(pg_catalog.=) $1 AND " STILL_OURS,
 									   5, types),
 						 values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "taskq: recording the outcome of task " INT64_FORMAT " failed", task->id);
@@ -600,8 +646,7 @@ record_failure(TaskqTask *task, const char *error, bool timed_out)
 									   " finished_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.clock_timestamp() END,"
 									   " run_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN run_at"
 									   "   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
-									   " WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'running'"
-									   " AND worker_pid OPERATOR(pg_catalog.=) $5",
+									   " WHERE id OPERATOR(pg_catalog.=) $1 AND " STILL_OURS,
 									   5, types),
 						 values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "taskq: recording the failure of task " INT64_FORMAT " failed", task->id);

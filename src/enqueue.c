@@ -29,6 +29,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
@@ -111,14 +112,30 @@ taskq_restore_user(TaskqAsOwner *save)
  * Prepare and keep a plan once per backend.  Plans survive DROP/CREATE
  * EXTENSION: the plan cache re-analyses them against the new objects.
  */
+static SPIPlanPtr prepare_with_options(SPIPlanPtr *cache, const char *sql, int nargs,
+										Oid *argtypes, int options);
+
 SPIPlanPtr
 taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_with_options(cache, sql, nargs, argtypes, 0);
+}
+
+/* The same, for a statement planned anew for its parameter values each time. */
+SPIPlanPtr
+taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_with_options(cache, sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
+}
+
+static SPIPlanPtr
+prepare_with_options(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes, int options)
 {
 	SPIPlanPtr	plan;
 
 	if (*cache != NULL)
 		return *cache;
-	plan = SPI_prepare(sql, nargs, argtypes);
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, options);
 	if (plan == NULL)
 		elog(ERROR, "taskq: SPI_prepare failed for \"%s\": %s",
 			 sql, SPI_result_code_string(SPI_result));
@@ -465,6 +482,17 @@ trace_enqueue(const EnqueueOptions *o, const char *outcome, int64 id)
  * ----------------------------------------------------------------
  */
 
+/* The id in the first row of the last result, which is then freed. */
+static int64
+first_id(void)
+{
+	bool		isnull;
+	int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	SPI_freetuptable(SPI_tuptable);
+	return id;
+}
+
 /*
  * Write one task, or find the live task it deduplicates into.  Returns its
  * id; *inserted says which.  Runs as the owner of taskq.tasks.
@@ -479,7 +507,6 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	SPIPlanPtr	plan;
 	int			tries;
 	int			ret;
-	bool		isnull;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(o->handler.name);
@@ -510,7 +537,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 		if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 			elog(ERROR, "taskq: insert into taskq.tasks failed: %s", SPI_result_code_string(ret));
 		*inserted = true;
-		return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		return first_id();
 	}
 
 	/*
@@ -535,7 +562,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 		if (SPI_processed == 1)
 		{
 			*inserted = true;
-			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			return first_id();
 		}
 		plan = taskq_prepare(&find_dedupe_plan,
 							 "SELECT id FROM taskq.tasks"
@@ -548,7 +575,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 		if (ret == SPI_OK_SELECT && SPI_processed == 1)
 		{
 			*inserted = false;
-			return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			return first_id();
 		}
 	}
 	ereport(ERROR,
@@ -726,6 +753,7 @@ taskq_enqueue_many(PG_FUNCTION_ARGS)
 	EnqueueOptions o;
 	Tuplestorestate *store;
 	TupleDesc	desc;
+	MemoryContext row_ctx;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -757,13 +785,18 @@ taskq_enqueue_many(PG_FUNCTION_ARGS)
 	taskq_materialize(fcinfo, &store, &desc);
 	SPI_connect();
 	resolve_options(fcinfo, name, &o);
+	row_ctx = AllocSetContextCreate(CurrentMemoryContext, "taskq enqueue_many row",
+									ALLOCSET_DEFAULT_SIZES);
 	for (i = 0; i < n; i++)
 	{
+		MemoryContext old = MemoryContextSwitchTo(row_ctx);
 		int64		id = enqueue_one(&o, DatumGetJsonbP(elems[i]));
 		Datum		value = Int64GetDatum(id);
 		bool		isnull = id < 0;
 
+		MemoryContextSwitchTo(old);
 		tuplestore_putvalues(store, desc, &value, &isnull);
+		MemoryContextReset(row_ctx);
 	}
 	SPI_finish();
 	return (Datum) 0;

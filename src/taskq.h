@@ -181,6 +181,7 @@ extern Oid	taskq_caller(void);
 extern void taskq_become_owner(TaskqAsOwner *save);
 extern void taskq_restore_user(TaskqAsOwner *save);
 extern SPIPlanPtr taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
+extern SPIPlanPtr taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern void taskq_check_name(const char *what, const char *value);
 extern int64 taskq_interval_ms(const char *what, Interval *iv, bool allow_zero);
 extern const char *taskq_mode_name(int mode);
