@@ -73,6 +73,7 @@ static uint64 cancel_seen = 0;	/* our position in the cancel ring */
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr claim_excluding_plan = NULL;
+static SPIPlanPtr claim_cursor_plan = NULL;
 static SPIPlanPtr exclusions_plan = NULL;
 static SPIPlanPtr success_plan = NULL;
 static SPIPlanPtr failure_plan = NULL;
@@ -427,6 +428,26 @@ compare_tasks(const void *a, const void *b)
 	return x->id < y->id ? -1 : (x->id > y->id ? 1 : 0);
 }
 
+/*
+ * Where a drain got to.  Every claim that starts at the head of
+ * tasks_due_idx walks the index entries of the tasks already claimed,
+ * dead until vacuum removes them; while a drain returns full batches we
+ * go on from the last task claimed, within its priority.  A claim that
+ * comes back short, or CURSOR_MS after the last full scan, starts at the
+ * head again, so a task of higher priority enqueued meanwhile waits at
+ * most that long.
+ */
+#define CURSOR_MS	100
+
+static struct
+{
+	bool		valid;
+	int			priority;
+	TimestampTz run_at;
+	int64		id;
+	TimestampTz since;			/* last claim from the head */
+}			cursor;
+
 /* The claim, around the exclusion of paused queues and disabled handlers. */
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
@@ -456,7 +477,8 @@ static int
 claim(TaskqTask **tasks_out)
 {
 	Oid			types[4] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID};
-	Datum		values[4];
+	Oid			cursor_types[5] = {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Datum		values[5];
 	SPIPlanPtr	plan;
 	int			exclusions;
 	TaskqTask  *tasks;
@@ -498,9 +520,24 @@ claim(TaskqTask **tasks_out)
 		exclusions = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[2])), ARR_DIMS(DatumGetArrayTypeP(values[2]))) +
 			ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[3])), ARR_DIMS(DatumGetArrayTypeP(values[3])));
 	}
-	if (exclusions == 0)
+	if (exclusions == 0 && cursor.valid &&
+		!TimestampDifferenceExceeds(cursor.since, GetCurrentTimestamp(), CURSOR_MS))
+	{
+		values[2] = Int32GetDatum(cursor.priority);
+		values[3] = TimestampTzGetDatum(cursor.run_at);
+		values[4] = Int64GetDatum(cursor.id);
+		plan = taskq_prepare(&claim_cursor_plan,
+							 CLAIM_SQL_HEAD
+							 "   AND t.priority OPERATOR(pg_catalog.=) $3"
+							 "   AND ROW(t.run_at, t.id) OPERATOR(pg_catalog.>) ROW($4, $5)"
+							 CLAIM_SQL_TAIL, 5, cursor_types);
+	}
+	else if (exclusions == 0)
+	{
+		cursor.since = GetCurrentTimestamp();
 		plan = taskq_prepare(&claim_plan,
 							 CLAIM_SQL_HEAD CLAIM_SQL_TAIL, 2, types);
+	}
 	else
 		plan = taskq_prepare_custom(&claim_excluding_plan,
 									CLAIM_SQL_HEAD
@@ -539,6 +576,19 @@ claim(TaskqTask **tasks_out)
 	commit_tx(false);
 
 	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
+
+	/*
+	 * A full batch means more may follow at this priority: continue after
+	 * its last task.  A short one ends the drain; the next claim starts at
+	 * the head again.
+	 */
+	cursor.valid = exclusions == 0 && n == taskq_batch_size;
+	if (cursor.valid)
+	{
+		cursor.priority = tasks[n - 1].priority;
+		cursor.run_at = tasks[n - 1].run_at;
+		cursor.id = tasks[n - 1].id;
+	}
 	*tasks_out = tasks;
 	return n;
 }

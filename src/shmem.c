@@ -10,8 +10,8 @@
  * would serialise commits).  A rollback wakes nobody.
  *
  * Crash suspects.  A dispatcher writes the id of the task whose handler it
- * is about to run into its own small file, pg_taskq/slot_<n>, and clears it
- * after.  When a handler kills its worker (FATAL) the slot's before-exit
+ * is about to run into its own small file, pg_taskq/slot_<n> (mapped into
+ * memory, so marking costs no system call), and clears it after.  When a handler kills its worker (FATAL) the slot's before-exit
  * callback records the task as a suspect; when it takes the server down
  * (a crash restart re-creates shared memory) the postmaster reads the files
  * back here.  Dispatchers charge each suspect one attempt, so a task that
@@ -23,6 +23,7 @@
 #include "taskq.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -107,8 +108,8 @@ static TaskqCounter pending[TASKQ_MAX_PENDING];
 
 static void flush_counts(void);
 
-/* A dispatcher's suspect file. */
-static int	suspect_fd = -1;
+/* A dispatcher's suspect file, mapped. */
+static volatile TaskqSuspect *suspect_map = NULL;
 
 static Size
 shared_size(void)
@@ -558,35 +559,41 @@ void
 taskq_suspect_file_open(int slot)
 {
 	char		path[MAXPGPATH];
+	int			fd;
 
 	(void) mkdir(TASKQ_SUSPECT_DIR, S_IRWXU);
 	snprintf(path, sizeof(path), "%s/slot_%d", TASKQ_SUSPECT_DIR, slot);
-	suspect_fd = BasicOpenFile(path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY);
-	if (suspect_fd < 0)
+	fd = BasicOpenFile(path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY);
+	if (fd < 0 || ftruncate(fd, sizeof(TaskqSuspect)) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
-				 errmsg("taskq: could not open \"%s\": %m", path)));
+				 errmsg("taskq: could not create \"%s\": %m", path)));
+	suspect_map = mmap(NULL, sizeof(TaskqSuspect), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	if (suspect_map == MAP_FAILED)
+	{
+		suspect_map = NULL;
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("taskq: could not map \"%s\": %m", path)));
+	}
 }
 
 /*
  * Record (or, with task_id 0, clear) the task whose handler is running.
- * No fsync: the file must survive a process crash, not an OS crash, which
- * loses the handler's uncommitted effects and its claim alike.
+ * The file is mapped shared, so this is two stores, no system call; the
+ * page survives a process crash (it is the kernel's), not an OS crash,
+ * which loses the handler's uncommitted effects and its claim alike.
+ * Async-signal-safe: the SIGQUIT handler calls it.
  */
 void
 taskq_suspect_file_write(Oid dboid, int64 task_id)
 {
-	TaskqSuspect s;
-
-	if (suspect_fd < 0)
+	if (suspect_map == NULL)
 		return;
-	memset(&s, 0, sizeof(s));
-	s.dboid = dboid;
-	s.task_id = task_id;
-	if (pwrite(suspect_fd, &s, sizeof(s), 0) != sizeof(s))
-		ereport(WARNING,
-				(errcode_for_file_access(),
-				 errmsg("taskq: could not write crash marker: %m")));
+	suspect_map->dboid = dboid;
+	pg_compiler_barrier();
+	suspect_map->task_id = task_id;
 }
 
 void
@@ -594,10 +601,10 @@ taskq_suspect_file_remove(int slot)
 {
 	char		path[MAXPGPATH];
 
-	if (suspect_fd >= 0)
+	if (suspect_map != NULL)
 	{
-		close(suspect_fd);
-		suspect_fd = -1;
+		munmap((void *) suspect_map, sizeof(TaskqSuspect));
+		suspect_map = NULL;
 	}
 	snprintf(path, sizeof(path), "%s/slot_%d", TASKQ_SUSPECT_DIR, slot);
 	unlink(path);
