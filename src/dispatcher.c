@@ -7,11 +7,13 @@
  *
  *	1. claim	up to taskq.batch_size due tasks, in order priority DESC,
  *				run_at, id, skipping rows other dispatchers hold (FOR UPDATE
- *				SKIP LOCKED), and mark them 'running' with our pid.  Its
- *				commit need not be durable: a lost claim only returns the
- *				tasks to the queue.
+ *				SKIP LOCKED), and mark them 'running' with our pid.  It
+ *				commits durably before any handler runs, so a crash that a
+ *				handler causes finds its task 'running' and is counted.
  *	2. run		each task in its own subtransaction, as the role that
- *				enqueued it, under its timeout; the handler's writes and the
+ *				enqueued it (a security-restricted operation: no temporary
+ *				objects or session state survive into the next task),
+ *				under its timeout; the handler's writes and the
  *				task's new status commit together, so a function handler's
  *				effects happen exactly once.  The transaction commits after
  *				the batch, or sooner when it has run for a while, to keep
@@ -573,7 +575,14 @@ claim(TaskqTask **tasks_out)
 		t->expired = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
 	}
 	MemoryContextSwitchTo(old);
-	commit_tx(false);
+
+	/*
+	 * Durable: a handler may take the server down, and the crash must find
+	 * its task 'running' to count the crash.  A claim lost with the WAL
+	 * buffers would return the task as if it had never started, and a
+	 * poison task would crash-loop uncounted.
+	 */
+	commit_tx(true);
 
 	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
 
@@ -771,7 +780,14 @@ run_task(TaskqTask *task, TaskqHandler *h)
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
 					 errmsg("the role that enqueued this task (OID %u) no longer exists", task->owner)));
 
-		SetUserIdAndSecContext(task->owner, save_sec | SECURITY_LOCAL_USERID_CHANGE);
+		/*
+		 * As the owner, restricted: the session outlives the task and
+		 * runs other roles' handlers next, so a handler may not leave
+		 * temporary objects or session state behind for them (nor change
+		 * role).  PostgreSQL runs maintenance code the same way.
+		 */
+		SetUserIdAndSecContext(task->owner,
+							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 		gucnest = NewGUCNestLevel();
 		enable_timeout_after(STATEMENT_TIMEOUT, (int) task->timeout_ms);
 		taskq_execute(task, h, false, &out);
@@ -810,6 +826,8 @@ run_task(TaskqTask *task, TaskqHandler *h)
 	}
 	PG_END_TRY();
 
+	/* session-level advisory locks a handler took must not outlive it */
+	LockReleaseSession(USER_LOCKMETHOD);
 	my_slot->processed++;		/* only we write it; readers tolerate a stale value */
 	if (ok)
 		return;
