@@ -4,35 +4,21 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-my $node = PostgreSQL::Test::Cluster->new('dispatch');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $node = taskq_node('dispatch', <<'EOC');
 taskq.workers = 1
 taskq.batch_size = 3
 taskq.poll_interval = '1s'
-max_worker_processes = 16
 EOC
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
 # poll until task $id has status $status; dies with the actual row if not
-sub wait_status
-{
-	my ($id, $status) = @_;
-	return 1
-	  if $node->poll_query_until('postgres',
-		"SELECT status = '$status' FROM taskq.tasks WHERE id = $id");
-	diag "task $id: "
-	  . sql("SELECT status, attempts, last_error FROM taskq.tasks WHERE id = $id");
-	return 0;
-}
+sub wait_status { return wait_task_status($node, @_); }
 
 sql(<<'EOS');
 CREATE EXTENSION taskq;

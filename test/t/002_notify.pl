@@ -4,6 +4,7 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
@@ -13,30 +14,15 @@ my $listener = $ENV{TASKQ_LISTENER};
 plan skip_all => 'TASKQ_LISTENER is not set (run through test/run)'
   unless defined $listener && -x $listener;
 
-my $node = PostgreSQL::Test::Cluster->new('notify');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $node = taskq_node('notify', <<'EOC');
 taskq.workers = 2
 taskq.ack_timeout = '1s'
 taskq.retry_backoff = '50ms'
-max_worker_processes = 16
 EOC
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sub wait_status
-{
-	my ($id, $status) = @_;
-	return 1
-	  if $node->poll_query_until('postgres',
-		"SELECT status = '$status' FROM taskq.tasks WHERE id = $id");
-	diag "task $id: "
-	  . sql("SELECT status, attempts, last_error FROM taskq.tasks WHERE id = $id");
-	return 0;
-}
+sub wait_status { return wait_task_status($node, @_); }
 
 # Start the listener on a channel; return once it printed its
 # "listening on" line, i.e. once its LISTEN has succeeded.

@@ -3,32 +3,18 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('retry');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $node = taskq_node('retry', <<'EOC');
 taskq.workers = 1
 taskq.retry_backoff = '200ms'
-max_worker_processes = 16
 EOC
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 
-sub wait_status
-{
-	my ($id, $status) = @_;
-	return 1
-	  if $node->poll_query_until('postgres',
-		"SELECT status = '$status' FROM taskq.tasks WHERE id = $id");
-	diag "task $id: "
-	  . sql("SELECT status, attempts, last_error FROM taskq.tasks WHERE id = $id");
-	return 0;
-}
+sub wait_status { return wait_task_status($node, @_); }
 
 # Handlers count their attempts with sequences: a failed attempt's writes
 # roll back, nextval() and setval() do not.

@@ -4,19 +4,15 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('reload');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
+my $node = taskq_node('reload', <<'EOC');
 taskq.databases = 'postgres,nosuchdb'
 taskq.workers = 1
 taskq.poll_interval = '200ms'
-max_worker_processes = 16
 EOC
-$node->start;
 
 my $missing_re =
   qr/LOG:  taskq: database "nosuchdb" named in taskq.databases does not exist; no dispatcher runs for it/;
@@ -27,17 +23,7 @@ sub sql
 	return $node->safe_psql($db // 'postgres', $q);
 }
 
-sub wait_status
-{
-	my ($id, $status, $db) = @_;
-	$db //= 'postgres';
-	return 1
-	  if $node->poll_query_until($db,
-		"SELECT status = '$status' FROM taskq.tasks WHERE id = $id");
-	diag "task $id in $db: "
-	  . sql("SELECT status, attempts, last_error FROM taskq.tasks WHERE id = $id", $db);
-	return 0;
-}
+sub wait_status { return wait_task_status($node, @_); }
 
 # Wait until $seconds have passed since task $id was enqueued (a condition
 # on the server's clock, checked by polling), so that dispatchers have had

@@ -7,6 +7,7 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
@@ -14,19 +15,13 @@ use IPC::Run;
 
 my $ntasks = 5000;
 
-my $node = PostgreSQL::Test::Cluster->new('crash_drain');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $node = taskq_node('crash_drain', <<'EOC');
 taskq.workers = 2
 taskq.batch_size = 16
 taskq.poll_interval = '200ms'
-max_worker_processes = 16
 restart_after_crash = on
 log_statement = none
 EOC
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

@@ -8,6 +8,7 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use IPC::Run;
@@ -20,19 +21,13 @@ my $nnow     = 3000;    # due at once
 my $ndelayed = 50;      # run_after 3 s
 my $nnotify  = 10;      # notify tasks, dispatched before the shutdown
 
-my $node = PostgreSQL::Test::Cluster->new('immediate');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $node = taskq_node('immediate', <<'EOC');
 taskq.workers = 2
 taskq.batch_size = 16
 taskq.poll_interval = '200ms'
 taskq.ack_timeout = '2s'
-max_worker_processes = 16
 log_statement = none
 EOC
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

@@ -12,23 +12,18 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-my $node = PostgreSQL::Test::Cluster->new('poison');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $node = taskq_node('poison', <<'EOC');
 taskq.workers = 2
 taskq.poll_interval = '200ms'
 taskq.retry_backoff = '50ms'
-max_worker_processes = 16
 restart_after_crash = on
 log_statement = none
 EOC
-$node->start;
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
 

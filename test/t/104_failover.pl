@@ -5,24 +5,19 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
 my $ntasks = 2000;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $primary = taskq_node('primary', <<'EOC', init => { allows_streaming => 1 });
 taskq.workers = 2
 taskq.batch_size = 16
 taskq.poll_interval = '200ms'
-max_worker_processes = 16
 log_statement = none
 EOC
-$primary->start;
 
 sql_p(<<'EOS');
 CREATE EXTENSION taskq;

@@ -6,21 +6,18 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time);
 
-my $node = PostgreSQL::Test::Cluster->new('lifecycle');
-$node->init;
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
+my $node = taskq_node('lifecycle', <<'EOC');
 taskq.databases = 'postgres'
 taskq.workers = 2
 taskq.poll_interval = '200ms'
 max_worker_processes = 24
 log_statement = none
 EOC
-$node->start;
 
 sub sql
 {

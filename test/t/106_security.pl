@@ -8,23 +8,18 @@
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
+use TaskqTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('security');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-$node->append_conf('postgresql.conf', <<'EOC');
-shared_preload_libraries = 'taskq'
-taskq.databases = 'postgres'
+my $node = taskq_node('security', <<'EOC', init => { extra => [ '--encoding=UTF8', '--locale=C' ] });
 # one dispatcher: every task runs in the same session, one after another
 taskq.workers = 1
 taskq.poll_interval = '200ms'
 taskq.retry_backoff = '50ms'
 taskq.ack_timeout = '1h'
-max_worker_processes = 16
 log_statement = none
 EOC
-$node->start;
 
 
 # run SQL as a role; as() dies on error, try_as() returns (ok, stdout, stderr)

@@ -1,0 +1,51 @@
+# TaskqTest: what every taskq TAP test starts with.
+#
+#   my $node = taskq_node('name', <<'EOC');   # extra postgresql.conf lines
+#   taskq.workers = 1
+#   EOC
+#   wait_task_status($node, $id, 'completed');
+#
+# The node preloads taskq with dispatchers in database "postgres" and
+# room for them in max_worker_processes, and is started.  Pass
+# init => { allows_streaming => 1 } (etc.) in %opts to shape init().
+package TaskqTest;
+
+use strict;
+use warnings;
+use Exporter 'import';
+use PostgreSQL::Test::Cluster;
+use Test::More;
+
+our @EXPORT = qw(taskq_node wait_task_status);
+
+sub taskq_node
+{
+	my ($name, $conf, %opts) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+
+	$node->init(%{ $opts{init} // {} });
+	$node->append_conf('postgresql.conf',
+		    "shared_preload_libraries = 'taskq'\n"
+		  . "taskq.databases = 'postgres'\n"
+		  . "max_worker_processes = 16\n"
+		  . ($conf // ''));
+	$node->start unless $opts{no_start};
+	return $node;
+}
+
+# Poll until task $id has $status (in database $db, "postgres" by default);
+# on a time-out, show where the task is and return false.
+sub wait_task_status
+{
+	my ($node, $id, $status, $db) = @_;
+	$db //= 'postgres';
+	return 1
+	  if $node->poll_query_until($db,
+		"SELECT status = '$status' FROM taskq.tasks WHERE id = $id");
+	diag "task $id in $db: "
+	  . $node->safe_psql($db,
+		"SELECT status, attempts, last_error FROM taskq.tasks WHERE id = $id");
+	return 0;
+}
+
+1;
