@@ -347,3 +347,7 @@ SELECT count(*) FROM taskq.tasks WHERE handler = 'enq_notify';
 
 -- every handler still has as many tasks as before the bad calls
 SELECT handler, count(*) FROM taskq.tasks WHERE handler LIKE 'enq\_%' GROUP BY handler ORDER BY handler;
+
+-- a 1 MB payload is accepted (the limit is 64 MB) and stored whole
+SELECT taskq.enqueue('enq_fn', jsonb_build_object('blob', repeat('x', 1024 * 1024))) AS id \gset
+SELECT length(payload->>'blob') AS stored FROM taskq.tasks WHERE id = :id;
