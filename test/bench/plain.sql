@@ -68,6 +68,33 @@ $$;
 -- One consumer session's start, end and row count.
 CREATE TABLE plain.runs (pid int, started timestamptz, ended timestamptz, rows bigint);
 
+-- One batch: delete up to p_batch due tasks in taskq's dispatch order,
+-- skipping rows other consumers hold, and run each one's handler (the same
+-- function taskq's dispatchers call).  Returns how many; the caller commits.
+CREATE FUNCTION plain.take_batch(p_batch int) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    r   record;
+    n   int := 0;
+BEGIN
+    FOR r IN
+        DELETE FROM plain.tasks WHERE id IN (
+            SELECT id FROM plain.tasks
+            WHERE status = 'queued' AND run_at <= now()
+            ORDER BY priority DESC, run_at, id
+            FOR UPDATE SKIP LOCKED LIMIT p_batch)
+        RETURNING handler, payload
+    LOOP
+        IF r.handler = 'lat' THEN
+            PERFORM bench.lat(r.payload);
+        ELSE
+            PERFORM bench.noop(r.payload);
+        END IF;
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
 -- A plain consumer: take a batch of due tasks in taskq's dispatch order,
 -- skipping rows other consumers hold, delete them, run each one's handler,
 -- commit; until the table has nothing due, or p_max rows are done, or
@@ -75,29 +102,12 @@ CREATE TABLE plain.runs (pid int, started timestamptz, ended timestamptz, rows b
 CREATE PROCEDURE plain.drain(p_batch int, p_max bigint DEFAULT NULL, p_seconds float8 DEFAULT NULL)
 LANGUAGE plpgsql AS $$
 DECLARE
-    r       record;
     n       int;
     total   bigint := 0;
     t0      timestamptz := clock_timestamp();
 BEGIN
     LOOP
-        n := 0;
-        FOR r IN
-            DELETE FROM plain.tasks WHERE id IN (
-                SELECT id FROM plain.tasks
-                WHERE status = 'queued' AND run_at <= now()
-                ORDER BY priority DESC, run_at, id
-                FOR UPDATE SKIP LOCKED LIMIT p_batch)
-            RETURNING handler, payload
-        LOOP
-            -- the handler: the same function taskq's dispatchers call
-            IF r.handler = 'lat' THEN
-                PERFORM bench.lat(r.payload);
-            ELSE
-                PERFORM bench.noop(r.payload);
-            END IF;
-            n := n + 1;
-        END LOOP;
+        n := plain.take_batch(p_batch);
         COMMIT;
         total := total + n;
         EXIT WHEN n = 0 OR (p_max IS NOT NULL AND total >= p_max)
@@ -116,29 +126,12 @@ CREATE TABLE plain.producing (pid int);
 CREATE PROCEDURE plain.consume(p_batch int, p_idle_ms float8, p_seconds float8)
 LANGUAGE plpgsql AS $$
 DECLARE
-    r       record;
     n       int;
     total   bigint := 0;
     t0      timestamptz := clock_timestamp();
 BEGIN
     LOOP
-        n := 0;
-        FOR r IN
-            DELETE FROM plain.tasks WHERE id IN (
-                SELECT id FROM plain.tasks
-                WHERE status = 'queued' AND run_at <= now()
-                ORDER BY priority DESC, run_at, id
-                FOR UPDATE SKIP LOCKED LIMIT p_batch)
-            RETURNING handler, payload
-        LOOP
-            -- the handler: the same function taskq's dispatchers call
-            IF r.handler = 'lat' THEN
-                PERFORM bench.lat(r.payload);
-            ELSE
-                PERFORM bench.noop(r.payload);
-            END IF;
-            n := n + 1;
-        END LOOP;
+        n := plain.take_batch(p_batch);
         COMMIT;
         total := total + n;
         IF n = 0 THEN
