@@ -77,7 +77,7 @@ function_plan(const char *target)
 		call = quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
 										  get_func_name(fn));
 		fp->returns_void = (rettype == VOIDOID);
-		fp->plan = taskq_prepare(&fp->plan,
+		(void) taskq_prepare(&fp->plan,
 								 psprintf(rettype == JSONBOID || rettype == VOIDOID ?
 										  "SELECT %s($1)" :
 										  "SELECT pg_catalog.to_jsonb(%s($1))", call),

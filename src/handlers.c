@@ -235,8 +235,8 @@ check_channel(const char *channel)
 }
 
 /*
- * The registered owner of a handler, or InvalidOid; refuses a caller who
- * lacks its privileges.
+ * The registered owner of a handler (locked for update), or InvalidOid
+ * when it is not registered.
  */
 static Oid
 check_handler_owner(const char *name)

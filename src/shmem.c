@@ -273,8 +273,8 @@ taskq_launcher_pid(void)
 	return pid;
 }
 
-void
-taskq_wake_launcher_now(void)
+static void
+wake_launcher(void)
 {
 	int			procno;
 
@@ -447,7 +447,7 @@ xact_callback(XactEvent event, void *arg)
 				if (wake_launcher_at_commit)
 				{
 					note_extension_wakeup(MyDatabaseId);
-					taskq_wake_launcher_now();
+					wake_launcher();
 				}
 				for (i = 0; i < ninterrupts; i++)
 					interrupt_task(interrupts[i]);

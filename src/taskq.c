@@ -80,10 +80,11 @@ check_queue_name(char **newval, void **extra, GucSource source)
 }
 
 /*
- * taskq.databases is a comma-separated list of database names.
+ * taskq.databases and taskq.block_handlers are comma-separated lists of
+ * names, taken as written (double-quote a name with a comma).
  */
 static bool
-check_databases(char **newval, void **extra, GucSource source)
+check_name_list(char **newval, const char *what)
 {
 	char	   *raw;
 	List	   *names;
@@ -92,29 +93,22 @@ check_databases(char **newval, void **extra, GucSource source)
 	raw = pstrdup(*newval ? *newval : "");
 	ok = SplitGUCList(raw, ',', &names);
 	if (!ok)
-		GUC_check_errdetail("List syntax is invalid; write database names separated by commas.");
+		GUC_check_errdetail("List syntax is invalid; write %s names separated by commas.", what);
 	list_free(names);
 	pfree(raw);
 	return ok;
 }
 
-/*
- * taskq.block_handlers is a comma-separated list of handler names.
- */
+static bool
+check_databases(char **newval, void **extra, GucSource source)
+{
+	return check_name_list(newval, "database");
+}
+
 static bool
 check_handler_list(char **newval, void **extra, GucSource source)
 {
-	char	   *raw;
-	List	   *names;
-	bool		ok;
-
-	raw = pstrdup(*newval ? *newval : "");
-	ok = SplitGUCList(raw, ',', &names);
-	if (!ok)
-		GUC_check_errdetail("List syntax is invalid; write handler names separated by commas.");
-	list_free(names);
-	pfree(raw);
-	return ok;
+	return check_name_list(newval, "handler");
 }
 
 void

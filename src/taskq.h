@@ -136,14 +136,12 @@ typedef struct TaskqSlot
 } TaskqSlot;
 
 extern void taskq_shmem_request(void);
-extern void taskq_shmem_init(void);
 extern LWLock *taskq_lock(void);
 extern int	taskq_slot_count(void);
 extern TaskqSlot *taskq_slot(int i);
 
 extern void taskq_set_launcher(bool alive);
 extern pid_t taskq_launcher_pid(void);
-extern void taskq_wake_launcher_now(void);
 extern bool taskq_take_extension_wakeup(Oid dboid);
 
 extern bool taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue, uint64 *seen_gen);
@@ -244,8 +242,8 @@ typedef struct TaskqTask
 
 /* ----------------------------------------------------------------
  * Executors (executors.c): run one task's handler inside the caller's
- * (sub)transaction.  On success *result holds the handler's result (or is
- * null), and *final_status the status to record; errors propagate.
+ * (sub)transaction.  On success *out holds the handler's result (or a null
+ * one) and the status to record; errors propagate.
  * ----------------------------------------------------------------
  */
 typedef struct TaskqOutcome
