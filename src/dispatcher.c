@@ -8,8 +8,8 @@
  *	1. claim	up to taskq.batch_size due tasks, in order priority DESC,
  *				run_at, id, skipping rows other dispatchers hold (FOR UPDATE
  *				SKIP LOCKED), and mark them 'running' with our pid.  It
- *				commits durably before any handler runs, so a crash that a
- *				handler causes finds its task 'running' and is counted.
+ *				commits before any handler runs; a crash that a handler
+ *				causes is counted from the crash marker (shmem.c).
  *	2. run		each task in its own subtransaction, as the role that
  *				enqueued it (a security-restricted operation: no temporary
  *				objects or session state survive into the next task),
@@ -18,6 +18,12 @@
  *				effects happen exactly once.  The transaction commits after
  *				the batch, or sooner when it has run for a while, to keep
  *				row locks and the xmin horizon short.
+ *
+ * Both commit without waiting for the WAL flush unless
+ * taskq.synchronous_commit is on, as a subscription's apply worker does by
+ * default, and for the same reason: a crash can only lose the last
+ * batches' outcomes together with their handlers' effects, and those tasks
+ * are then run again.  Flush waits were half of a drain's time.
  *
  * Between batches a dispatcher holds no transaction, snapshot or lock.  A
  * task that another session cancels while it runs is interrupted at that
@@ -42,6 +48,9 @@
 #include "commands/extension.h"
 #if PG_VERSION_NUM >= 150000
 #include "common/pg_prng.h"
+#endif
+#ifdef __GLIBC__
+#include <malloc.h>
 #endif
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -84,6 +93,8 @@ static SPIPlanPtr lease_plan = NULL;
 static SPIPlanPtr expire_plan = NULL;
 static SPIPlanPtr retention_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
+
+static void forget_claim_plans(void);
 
 /* ----------------------------------------------------------------
  * Slot bookkeeping
@@ -215,7 +226,7 @@ begin_tx(const char *activity)
 
 /*
  * Commit.  durable = false commits without waiting for the WAL flush,
- * for transactions whose loss in a crash is harmless.
+ * for transactions whose loss in a crash is harmless or made good.
  */
 static void
 commit_tx(bool durable)
@@ -255,11 +266,22 @@ extension_present(void)
  * a poison task still ends 'failed'.  The suspect check runs after the
  * liveness check, and a dying dispatcher records its suspect before it
  * leaves its slot, so no suspect is requeued uncounted.
+ *
+ * A suspect may also be 'queued': its claim committed without waiting for
+ * the WAL flush (taskq.synchronous_commit = off) and the crash took the
+ * unflushed claim with it.  Its crash is counted all the same.  Every
+ * dispatcher reaps before its first claim, so after a crash restart no
+ * suspect is claimed again before it is charged.
  */
 static void
 reap_orphans(void)
 {
 	uint64		i;
+	int64		suspects[64];
+	int			nsuspects = taskq_list_suspects(MyDatabaseId, suspects, lengthof(suspects));
+	Datum	   *elems = palloc(sizeof(Datum) * Max(nsuspects, 1));
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
 	int64		charged[64];
 	int			ncharged = 0;
 	int			ret;
@@ -283,13 +305,19 @@ reap_orphans(void)
 		"         (s AND crashes OPERATOR(pg_catalog.>) 0)::pg_catalog.int4 AS charge"
 		"       FROM (SELECT id, crashes, taskq._crash_suspect(id) AS s"
 		"             FROM taskq.tasks"
-		"             WHERE status OPERATOR(pg_catalog.=) 'running'"
-		"               AND NOT taskq._dispatcher_alive(worker_pid, started_at)"
+		"             WHERE (status OPERATOR(pg_catalog.=) 'running'"
+		"                    AND NOT taskq._dispatcher_alive(worker_pid, started_at))"
+		"                OR (status OPERATOR(pg_catalog.=) 'queued'"
+		"                    AND id OPERATOR(pg_catalog.=) ANY ($1))"
 		"             FOR UPDATE SKIP LOCKED) x) o"
 		" WHERE t.id OPERATOR(pg_catalog.=) o.id"
 		" RETURNING t.id, o.suspect, t.status::pg_catalog.text, t.queue, t.handler, o.charge";
 
-	ret = SPI_execute_plan(taskq_prepare(&reap_plan, sql, 0, NULL), NULL, NULL, false, 0);
+	for (i = 0; i < (uint64) nsuspects; i++)
+		elems[i] = Int64GetDatum(suspects[i]);
+	values[0] = PointerGetDatum(construct_array(elems, nsuspects, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ret = SPI_execute_plan(taskq_prepare(&reap_plan, sql, 1, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: reaping orphaned tasks failed: %s", SPI_result_code_string(ret));
 	for (i = 0; i < SPI_processed; i++)
@@ -383,6 +411,7 @@ maintenance(void)
 						   values, NULL, false, 0);
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "taskq: removing old tasks failed");
+	forget_claim_plans();
 	last_maintenance = GetCurrentTimestamp();
 }
 
@@ -458,7 +487,7 @@ static struct
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 #define CLAIM_SQL_TAIL \
 	" ORDER BY t.priority DESC, t.run_at, t.id" \
-	" LIMIT $1 FOR UPDATE SKIP LOCKED)" \
+	" LIMIT %d FOR UPDATE SKIP LOCKED)" \
 	" UPDATE taskq.tasks t SET" \
 	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
 	"    THEN 'expired' ELSE 'running' END::taskq.status," \
@@ -470,6 +499,30 @@ static struct
 	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8," \
 	"  t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata," \
 	"  t.status OPERATOR(pg_catalog.=) 'expired'"
+
+/*
+ * The claim statements have the batch size written in (a LIMIT parameter
+ * would make the generic plan guess a tenth of the table and hash-join
+ * it; $1 stays in their parameter lists, unused, so that the three
+ * number their parameters alike).  They run with generic plans, planned again when the batch size
+ * changes and at each maintenance, so that a plan made while the table
+ * was small does not outlive its growth until the next ANALYZE.
+ */
+static int	claim_plans_batch = 0;
+
+static void
+forget_claim_plans(void)
+{
+	SPIPlanPtr *plans[3] = {&claim_plan, &claim_cursor_plan, &claim_excluding_plan};
+	int			i;
+
+	for (i = 0; i < (int) lengthof(plans); i++)
+	{
+		if (*plans[i] != NULL)
+			SPI_freeplan(*plans[i]);
+		*plans[i] = NULL;
+	}
+}
 
 /*
  * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
@@ -496,7 +549,7 @@ claim(TaskqTask **tasks_out)
 		return -1;
 	}
 	cancel_seen = taskq_cancel_generation();
-	values[0] = Int32GetDatum(taskq_batch_size);
+	values[0] = Int32GetDatum(taskq_batch_size);	/* $1: unused, see above */
 	values[1] = Int32GetDatum(MyProcPid);
 
 	/*
@@ -522,30 +575,44 @@ claim(TaskqTask **tasks_out)
 		exclusions = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[2])), ARR_DIMS(DatumGetArrayTypeP(values[2]))) +
 			ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[3])), ARR_DIMS(DatumGetArrayTypeP(values[3])));
 	}
+	if (claim_plans_batch != taskq_batch_size)
+		forget_claim_plans();
+	claim_plans_batch = taskq_batch_size;
 	if (exclusions == 0 && cursor.valid &&
 		!TimestampDifferenceExceeds(cursor.since, GetCurrentTimestamp(), CURSOR_MS))
 	{
 		values[2] = Int32GetDatum(cursor.priority);
 		values[3] = TimestampTzGetDatum(cursor.run_at);
 		values[4] = Int64GetDatum(cursor.id);
-		plan = taskq_prepare(&claim_cursor_plan,
-							 CLAIM_SQL_HEAD
-							 "   AND t.priority OPERATOR(pg_catalog.=) $3"
-							 "   AND ROW(t.run_at, t.id) OPERATOR(pg_catalog.>) ROW($4, $5)"
-							 CLAIM_SQL_TAIL, 5, cursor_types);
+		plan = claim_cursor_plan;
+		if (plan == NULL)
+			plan = taskq_prepare_generic(&claim_cursor_plan,
+										 psprintf(CLAIM_SQL_HEAD
+												  "   AND t.priority OPERATOR(pg_catalog.=) $3"
+												  "   AND ROW(t.run_at, t.id) OPERATOR(pg_catalog.>) ROW($4, $5)"
+												  CLAIM_SQL_TAIL, taskq_batch_size),
+										 5, cursor_types);
 	}
 	else if (exclusions == 0)
 	{
 		cursor.since = GetCurrentTimestamp();
-		plan = taskq_prepare(&claim_plan,
-							 CLAIM_SQL_HEAD CLAIM_SQL_TAIL, 2, types);
+		plan = claim_plan;
+		if (plan == NULL)
+			plan = taskq_prepare_generic(&claim_plan,
+										 psprintf(CLAIM_SQL_HEAD CLAIM_SQL_TAIL, taskq_batch_size),
+										 2, types);
 	}
 	else
-		plan = taskq_prepare_custom(&claim_excluding_plan,
-									CLAIM_SQL_HEAD
-									"   AND t.queue OPERATOR(pg_catalog.<>) ALL ($3)"
-									"   AND t.handler OPERATOR(pg_catalog.<>) ALL ($4)"
-									CLAIM_SQL_TAIL, 4, types);
+	{
+		plan = claim_excluding_plan;
+		if (plan == NULL)
+			plan = taskq_prepare_custom(&claim_excluding_plan,
+										psprintf(CLAIM_SQL_HEAD
+												 "   AND t.queue OPERATOR(pg_catalog.<>) ALL ($3)"
+												 "   AND t.handler OPERATOR(pg_catalog.<>) ALL ($4)"
+												 CLAIM_SQL_TAIL, taskq_batch_size),
+										4, types);
+	}
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: claiming tasks failed");
 
@@ -577,12 +644,11 @@ claim(TaskqTask **tasks_out)
 	MemoryContextSwitchTo(old);
 
 	/*
-	 * Durable: a handler may take the server down, and the crash must find
-	 * its task 'running' to count the crash.  A claim lost with the WAL
-	 * buffers would return the task as if it had never started, and a
-	 * poison task would crash-loop uncounted.
+	 * A handler may take the server down.  If this commit is lost with the
+	 * WAL buffers, the task is 'queued' again after the restart, but the
+	 * crash marker (start_task) still names it, and reaping counts it.
 	 */
-	commit_tx(true);
+	commit_tx(taskq_synchronous_commit);
 
 	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
 
@@ -883,7 +949,7 @@ run_batch(TaskqTask *tasks, int n)
 				break;
 			}
 		}
-		commit_tx(true);
+		commit_tx(taskq_synchronous_commit);
 	}
 	set_state(TASKQ_STATE_IDLE);
 }
@@ -998,6 +1064,17 @@ taskq_dispatcher_main(Datum arg)
 	pgstat_report_appname("taskq dispatcher");
 	taskq_suspect_file_open(my_slotno);
 
+#ifdef __GLIBC__
+
+	/*
+	 * Each batch allocates and frees a few megabytes (plans, executor
+	 * state).  glibc would hand them back to the kernel and take them again
+	 * every batch, and on a multi-core machine each return costs a TLB
+	 * shootdown on every CPU: about a tenth of a drain's time.  Keep them.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+#endif
 	batch_ctx = AllocSetContextCreate(TopMemoryContext, "taskq batch", ALLOCSET_DEFAULT_SIZES);
 	StartTransactionCommand();
 	strlcpy(my_dbname, get_database_name(MyDatabaseId), sizeof(my_dbname));

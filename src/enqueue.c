@@ -128,6 +128,16 @@ taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtype
 	return prepare_with_options(cache, sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
 }
 
+/*
+ * The same, for a statement always run with its generic plan: a hot one,
+ * whose plan does not depend on its parameter values.
+ */
+SPIPlanPtr
+taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_with_options(cache, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+}
+
 static SPIPlanPtr
 prepare_with_options(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes, int options)
 {
@@ -646,7 +656,7 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 		taskq_restore_user(&save);
 		if (inserted)
 		{
-			taskq_request_wakeup_at_commit();
+			taskq_request_wakeup_at_commit(1);
 			warn_if_nothing_dispatches();
 		}
 		trace_enqueue(o, inserted ? "queued" : "deduplicated", id);

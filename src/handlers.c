@@ -389,7 +389,7 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	SPI_finish();
 
 	/* Enabling a handler may make waiting tasks claimable. */
-	taskq_request_wakeup_at_commit();
+	taskq_request_wakeup_at_commit(TASKQ_WAKE_ALL);
 	PG_RETURN_VOID();
 }
 

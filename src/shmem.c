@@ -99,7 +99,7 @@ static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 /* This backend's commit-time work. */
 static bool xact_callback_registered = false;
-static bool wake_at_commit = false;
+static int	wake_at_commit = 0;	/* tasks made claimable; TASKQ_WAKE_ALL */
 static bool wake_launcher_at_commit = false;
 static int	ninterrupts = 0;
 static int64 interrupts[TASKQ_MAX_INTERRUPTS];
@@ -326,24 +326,45 @@ taskq_take_extension_wakeup(Oid dboid)
  */
 
 /*
- * Set the latch of every dispatcher of dboid.  Slots are read without the
- * lock: a stale procno only sets some process's latch once, which every
- * latch user tolerates.
+ * Wake the dispatchers of dboid for ntasks newly claimable tasks
+ * (TASKQ_WAKE_ALL: an unknown number).  Every busy dispatcher gets its
+ * latch set: that costs it nothing, and one whose claim began before our
+ * commit then claims again instead of going to sleep.  Of the idle ones,
+ * only as many as the tasks need batches: waking both of two sleeping
+ * dispatchers for one task costs a second, empty claim on a machine whose
+ * cores the application is using.  The woken one claims after our commit,
+ * so the task is seen whichever dispatchers we leave asleep.
+ *
+ * Slots are read without the lock: a stale procno only sets some process's
+ * latch once, which every latch user tolerates, and a stale state at worst
+ * wakes one dispatcher more.
  */
 void
-taskq_wake_dispatchers(Oid dboid)
+taskq_wake_dispatchers(Oid dboid, int ntasks)
 {
+	int			idle_to_wake;
 	int			i;
 
 	if (!have_shared())
 		return;
+	idle_to_wake = ntasks >= TASKQ_WAKE_ALL ? INT_MAX :
+		(ntasks + taskq_batch_size - 1) / taskq_batch_size;
 	for (i = 0; i < shared->nslots; i++)
 	{
 		TaskqSlot  *slot = &shared->slots[i];
 		int			procno = slot->procno;
+		TaskqWorkerState state = slot->state;
 
-		if (slot->in_use && slot->dboid == dboid && slot->pid != 0 && procno >= 0)
-			SetLatch(&ProcGlobal->allProcs[procno].procLatch);
+		if (!slot->in_use || slot->dboid != dboid || slot->pid == 0 || procno < 0 ||
+			state == TASKQ_STATE_DISABLED)
+			continue;
+		if (state == TASKQ_STATE_IDLE)
+		{
+			if (idle_to_wake <= 0)
+				continue;
+			idle_to_wake--;
+		}
+		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 	}
 }
 
@@ -442,8 +463,8 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (have_shared())
 			{
-				if (wake_at_commit)
-					taskq_wake_dispatchers(MyDatabaseId);
+				if (wake_at_commit > 0)
+					taskq_wake_dispatchers(MyDatabaseId, wake_at_commit);
 				if (wake_launcher_at_commit)
 				{
 					note_extension_wakeup(MyDatabaseId);
@@ -461,7 +482,7 @@ xact_callback(XactEvent event, void *arg)
 		default:
 			return;
 	}
-	wake_at_commit = false;
+	wake_at_commit = 0;
 	wake_launcher_at_commit = false;
 	ninterrupts = 0;
 	npending = 0;
@@ -477,13 +498,12 @@ ensure_xact_callback(void)
 	}
 }
 
+/* At commit, wake dispatchers for ntasks more tasks (or TASKQ_WAKE_ALL). */
 void
-taskq_request_wakeup_at_commit(void)
+taskq_request_wakeup_at_commit(int ntasks)
 {
-	if (wake_at_commit)
-		return;
 	ensure_xact_callback();
-	wake_at_commit = true;
+	wake_at_commit = Min((int64) wake_at_commit + ntasks, TASKQ_WAKE_ALL);
 }
 
 void
@@ -532,6 +552,21 @@ taskq_is_suspect(Oid dboid, int64 task_id)
 		found = shared->suspects[i].dboid == dboid && shared->suspects[i].task_id == task_id;
 	SpinLockRelease(&shared->mutex);
 	return found;
+}
+
+/* The suspects of a database, at most max of them, into ids; how many. */
+int
+taskq_list_suspects(Oid dboid, int64 *ids, int max)
+{
+	int			n = 0;
+	int			i;
+
+	SpinLockAcquire(&shared->mutex);
+	for (i = 0; i < shared->nsuspects && n < max; i++)
+		if (shared->suspects[i].dboid == dboid)
+			ids[n++] = shared->suspects[i].task_id;
+	SpinLockRelease(&shared->mutex);
+	return n;
 }
 
 void

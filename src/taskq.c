@@ -31,6 +31,7 @@ int			taskq_default_mode = TASKQ_MODE_ASYNC;
 bool		taskq_require_enqueue = false;
 int			taskq_policy = TASKQ_POLICY_DISPATCH;
 char	   *taskq_block_handlers = NULL;
+bool		taskq_synchronous_commit = false;
 bool		taskq_dry_run = false;
 int			taskq_retry_backoff = 1000;
 int			taskq_retry_backoff_max = 60 * 60 * 1000;
@@ -177,6 +178,13 @@ _PG_init(void)
 							   "A comma-separated list of handler names.",
 							   &taskq_block_handlers, "", PGC_USERSET, 0,
 							   check_handler_list, NULL, NULL);
+	DefineCustomBoolVariable("taskq.synchronous_commit",
+							 "Whether dispatchers wait for the WAL flush when they commit a claim or a batch.",
+							 "Off (the default), like a subscription's apply worker: a crash may lose the "
+							 "last batches' outcomes together with their handlers' effects, and those tasks "
+							 "run again.",
+							 &taskq_synchronous_commit, false, PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 	DefineCustomBoolVariable("taskq.dry_run",
 							 "Dispatchers log what they would do and complete tasks without running them.",
 							 NULL, &taskq_dry_run, false, PGC_SIGHUP, 0,

@@ -78,6 +78,7 @@ extern bool taskq_require_enqueue;
 extern int	taskq_policy;
 extern char *taskq_block_handlers;
 extern bool taskq_dry_run;
+extern bool taskq_synchronous_commit;
 extern int	taskq_retry_backoff;	/* ms */
 extern int	taskq_retry_backoff_max;	/* ms */
 extern int	taskq_ack_timeout;		/* ms */
@@ -147,13 +148,15 @@ extern bool taskq_take_extension_wakeup(Oid dboid);
 extern bool taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue, uint64 *seen_gen);
 extern void taskq_end_task(TaskqSlot *slot);
 extern uint64 taskq_cancel_generation(void);
-extern void taskq_wake_dispatchers(Oid dboid);
-extern void taskq_request_wakeup_at_commit(void);
+#define TASKQ_WAKE_ALL	1000000	/* wake-ups for an unknown number of tasks */
+extern void taskq_wake_dispatchers(Oid dboid, int ntasks);
+extern void taskq_request_wakeup_at_commit(int ntasks);
 extern void taskq_request_launcher_wakeup_at_commit(void);
 extern void taskq_request_interrupt_at_commit(int64 task_id);
 
 extern void taskq_add_suspect(Oid dboid, int64 task_id);
 extern bool taskq_is_suspect(Oid dboid, int64 task_id);
+extern int	taskq_list_suspects(Oid dboid, int64 *ids, int max);
 extern void taskq_forget_suspects(Oid dboid, const int64 *ids, int n);
 extern void taskq_suspect_file_open(int slot);
 extern void taskq_suspect_file_write(Oid dboid, int64 task_id);
@@ -180,6 +183,7 @@ extern void taskq_become_owner(TaskqAsOwner *save);
 extern void taskq_restore_user(TaskqAsOwner *save);
 extern SPIPlanPtr taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
+extern SPIPlanPtr taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern void taskq_check_name(const char *what, const char *value);
 extern int64 taskq_interval_ms(const char *what, Interval *iv, bool allow_zero);
 extern const char *taskq_mode_name(int mode);

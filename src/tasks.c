@@ -268,7 +268,7 @@ taskq_retry(PG_FUNCTION_ARGS)
 		if (t.dedupe_key != NULL)
 			refuse_if_key_live(&t);
 		requeue_for_retry(&t);
-		taskq_request_wakeup_at_commit();
+		taskq_request_wakeup_at_commit(1);
 		done = true;
 	}
 	taskq_restore_user(&save);
@@ -366,7 +366,7 @@ taskq_nack(PG_FUNCTION_ARGS)
 			elog(ERROR, "taskq: could not reject task " INT64_FORMAT, id);
 		taskq_count_outcome(MyDatabaseId, t.queue, t.handler, 0, final ? 1 : 0, final ? 0 : 1);
 		if (!final)
-			taskq_request_wakeup_at_commit();
+			taskq_request_wakeup_at_commit(1);
 		done = true;
 	}
 	taskq_restore_user(&save);
@@ -486,7 +486,7 @@ set_queue_paused(const char *queue, bool paused)
 	taskq_restore_user(&save);
 	SPI_finish();
 	if (!paused)
-		taskq_request_wakeup_at_commit();
+		taskq_request_wakeup_at_commit(TASKQ_WAKE_ALL);
 }
 
 /* taskq.pause(queue): dispatchers stop claiming its tasks. */

@@ -228,10 +228,11 @@ is(sqlr("SELECT status FROM taskq.wait($after, '20s')"),
 
 # ---------------------------------------------------------------------
 # (c) the same with the WAL writer stopped until the first crash.  A claim
-# commits asynchronously (dispatcher.c: "Its commit need not be durable: a
-# lost claim only returns the tasks to the queue"); its commit record then
-# sits in the WAL buffers when the handler takes the server down, and the
-# crash loses it.  That crash must be counted all the same.
+# commits without waiting for the WAL flush (taskq.synchronous_commit =
+# off, the default); its commit record then sits in the WAL buffers when
+# the handler takes the server down, and the crash loses it: the task is
+# 'queued' again after the restart.  That crash must be counted all the
+# same, from the crash marker.
 # ---------------------------------------------------------------------
 server_killer_case('(c)', 4001, 1);
 $after = sqlr(q{SELECT taskq.enqueue('book', '{"n": 5000}')});
