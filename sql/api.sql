@@ -192,6 +192,38 @@ SELECT taskq.ack(:id, '"finally"');
 SELECT status, result FROM taskq.tasks WHERE id = :id;
 
 ------------------------------------------------------------------------
+-- ack_many(ids, result): ack() for many tasks in one call
+------------------------------------------------------------------------
+
+-- two dispatched tasks, one queued, one completed function task and an
+-- unknown id (twice): only the two dispatched ones are acknowledged, and
+-- returned in id order
+SELECT taskq.enqueue('api_notify', '{"ack_many": 1}', mode => 'sync') AS m1 \gset
+SELECT taskq.enqueue('api_notify', '{"ack_many": 2}', mode => 'sync') AS m2 \gset
+SELECT taskq.enqueue('api_notify', '{"ack_many": "queued"}') AS mq \gset
+SELECT taskq.enqueue('api_fn', '{"tag": "api_ack_many"}', mode => 'sync') AS mf \gset
+SELECT taskq.ack_many(ARRAY[:m2, 999999999, :mq, :mf, :m1, 999999999], '{"batch": true}')
+       = ARRAY[:m1, :m2]::bigint[] AS acked_both;
+SELECT id = :m1 AS first, status, result, lease_until, finished_at IS NOT NULL AS finished
+FROM taskq.tasks WHERE id IN (:m1, :m2, :mq, :mf) ORDER BY id;
+
+-- again: nothing is awaiting an acknowledgement any more
+SELECT taskq.ack_many(ARRAY[:m1, :m2]);
+
+-- an empty array, and one id listed twice
+SELECT taskq.ack_many('{}');
+SELECT taskq.enqueue('api_notify', '{"ack_many": "twice"}', mode => 'sync') AS m3 \gset
+SELECT taskq.ack_many(ARRAY[:m3, :m3]) = ARRAY[:m3]::bigint[] AS acked_once;
+SELECT status, result FROM taskq.tasks WHERE id = :m3;
+
+-- bad input: a NULL array, a NULL element (nothing is acknowledged)
+SELECT taskq.enqueue('api_notify', '{"ack_many": "bad input"}', mode => 'sync') AS m4 \gset
+SELECT taskq.ack_many(NULL);
+SELECT taskq.ack_many(ARRAY[:m4, NULL]);
+SELECT status FROM taskq.tasks WHERE id = :m4;
+SELECT taskq.ack_many(ARRAY[:m4]) = ARRAY[:m4]::bigint[] AS acked;
+
+------------------------------------------------------------------------
 -- wait(id, timeout)
 ------------------------------------------------------------------------
 

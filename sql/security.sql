@@ -257,6 +257,7 @@ SELECT id - :notify_1 AS nth, owner::text, status FROM taskq.tasks WHERE handler
 SET ROLE bob;
 SELECT taskq.ack(:notify_1);
 SELECT taskq.nack(:notify_1, 'not mine');
+SELECT taskq.ack_many(ARRAY[:notify_1, :notify_2]);
 
 -- carol, who registered the handler, may (without seeing the rows)
 SET ROLE carol;

@@ -195,6 +195,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION taskq.ack(bigint, jsonb)
     IS 'complete a dispatched notify task, storing result; false if it is not awaiting an acknowledgement';
 
+CREATE FUNCTION taskq.ack_many(ids bigint[], result jsonb DEFAULT NULL)
+RETURNS bigint[]
+AS 'MODULE_PATHNAME', 'taskq_ack_many'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq.ack_many(bigint[], jsonb)
+    IS 'ack() for many tasks at once, in one transaction; returns the ids that were awaiting an acknowledgement and are now completed';
+
 CREATE FUNCTION taskq.nack(id bigint, error text, retry_in interval DEFAULT NULL)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'taskq_nack'

@@ -23,12 +23,14 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 PG_FUNCTION_INFO_V1(taskq_cancel);
 PG_FUNCTION_INFO_V1(taskq_retry);
 PG_FUNCTION_INFO_V1(taskq_ack);
+PG_FUNCTION_INFO_V1(taskq_ack_many);
 PG_FUNCTION_INFO_V1(taskq_nack);
 PG_FUNCTION_INFO_V1(taskq_wait);
 PG_FUNCTION_INFO_V1(taskq_pause);
@@ -40,6 +42,8 @@ static SPIPlanPtr retry_plan = NULL;
 static SPIPlanPtr live_dupe_plan = NULL;
 static SPIPlanPtr ack_plan = NULL;
 static SPIPlanPtr nack_plan = NULL;
+static SPIPlanPtr lock_many_plan = NULL;
+static SPIPlanPtr ack_many_plan = NULL;
 static SPIPlanPtr wait_plan = NULL;
 static SPIPlanPtr pause_plan = NULL;
 static SPIPlanPtr resume_plan = NULL;
@@ -67,6 +71,26 @@ id_arg(FunctionCallInfo fcinfo)
 				 errmsg("task id must not be NULL"),
 				 errhint("Pass the id that taskq.enqueue() returned.")));
 	return PG_GETARG_INT64(0);
+}
+
+/*
+ * The caller may act on a task it enqueued (or a role it has the
+ * privileges of enqueued); ack() and nack() also accept the handler's
+ * owner.
+ */
+static void
+check_task_privilege(Oid caller, const LockedTask *t, bool handler_owner_may, const char *action)
+{
+	if (has_privs_of_role(caller, t->owner))
+		return;
+	if (handler_owner_may && OidIsValid(t->handler_owner) &&
+		has_privs_of_role(caller, t->handler_owner))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("permission denied to %s task " INT64_FORMAT, action, t->id),
+			 errdetail("The task was enqueued by role \"%s\".",
+					   GetUserNameFromId(t->owner, true) ? GetUserNameFromId(t->owner, true) : "?")));
 }
 
 /*
@@ -111,17 +135,7 @@ lock_task(int64 id, Oid caller, bool handler_owner_may, const char *action, Lock
 	t->dedupe_key = isnull ? NULL : TextDatumGetCString(d);
 	t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 	t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-
-	if (has_privs_of_role(caller, t->owner))
-		return;
-	if (handler_owner_may && OidIsValid(t->handler_owner) &&
-		has_privs_of_role(caller, t->handler_owner))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied to %s task " INT64_FORMAT, action, id),
-			 errdetail("The task was enqueued by role \"%s\".",
-					   GetUserNameFromId(t->owner, true) ? GetUserNameFromId(t->owner, true) : "?")));
+	check_task_privilege(caller, t, handler_owner_may, action);
 }
 
 static bool
@@ -312,6 +326,109 @@ taskq_ack(PG_FUNCTION_ARGS)
 	taskq_restore_user(&save);
 	SPI_finish();
 	PG_RETURN_BOOL(done);
+}
+
+/*
+ * taskq.ack_many(ids, result): ack() for many tasks in one statement, for
+ * a listener that acknowledges what it has received so far in one
+ * transaction (one WAL flush) instead of one each.  The tasks are locked in
+ * id order, so that two callers cannot deadlock; a task the caller may not
+ * acknowledge fails the whole call before anything is written.  Returns
+ * the ids that were awaiting an acknowledgement and are now completed, in
+ * id order; the others (unknown, not dispatched) are left as they are.
+ */
+Datum
+taskq_ack_many(PG_FUNCTION_ARGS)
+{
+	Oid			caller = taskq_caller();
+	TaskqAsOwner save;
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nelems;
+	int			i;
+	int			nacked = 0;
+	Datum	   *acked;
+	char	  **queues;
+	char	  **handlers;
+	Oid			types[2] = {INT8ARRAYOID, JSONBOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	ArrayType  *result;
+	MemoryContext callctx = CurrentMemoryContext;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task ids must not be NULL"),
+				 errhint("Pass an array of the ids of the notify messages received.")));
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &elems, &elem_nulls, &nelems);
+	for (i = 0; i < nelems; i++)
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("task ids must not contain NULL (element %d is NULL)", i + 1),
+					 errhint("Pass an array of the ids of the notify messages received.")));
+
+	SPI_connect();
+	taskq_become_owner(&save);
+	values[0] = PG_GETARG_DATUM(0);
+	if (SPI_execute_plan(taskq_prepare(&lock_many_plan,
+									   "SELECT t.id, t.status::pg_catalog.text, t.owner::pg_catalog.oid,"
+									   " h.owner::pg_catalog.oid, t.handler, t.queue"
+									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
+									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
+									   " WHERE t.id OPERATOR(pg_catalog.=) ANY ($1)"
+									   " ORDER BY t.id FOR UPDATE OF t",
+									   1, types),
+						 values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: could not read taskq.tasks");
+
+	acked = MemoryContextAlloc(callctx, sizeof(Datum) * Max(SPI_processed, 1));
+	queues = MemoryContextAlloc(callctx, sizeof(char *) * Max(SPI_processed, 1));
+	handlers = MemoryContextAlloc(callctx, sizeof(char *) * Max(SPI_processed, 1));
+	for (i = 0; i < (int) SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		LockedTask	t;
+		bool		isnull;
+		Datum		d;
+
+		memset(&t, 0, sizeof(t));
+		t.id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		t.status = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		t.owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		t.handler_owner = isnull ? InvalidOid : DatumGetObjectId(d);
+		check_task_privilege(caller, &t, true, "acknowledge");
+		if (!status_is(&t, "dispatched", NULL, NULL))
+			continue;
+		acked[nacked] = Int64GetDatum(t.id);
+		handlers[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)));
+		queues[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull)));
+		nacked++;
+	}
+
+	result = construct_array(acked, nacked, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	if (nacked > 0)
+	{
+		values[0] = PointerGetDatum(result);
+		values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+		nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+		if (SPI_execute_plan(taskq_prepare(&ack_many_plan,
+										   "UPDATE taskq.tasks SET status = 'completed', result = $2,"
+										   " finished_at = pg_catalog.now(), lease_until = NULL"
+										   " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
+										   2, types),
+							 values, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "taskq: could not acknowledge tasks");
+		for (i = 0; i < nacked; i++)
+			taskq_count_outcome(MyDatabaseId, queues[i], handlers[i], 1, 0, 0);
+	}
+	taskq_restore_user(&save);
+	SPI_finish();
+	PG_RETURN_ARRAYTYPE_P(result);
 }
 
 /*

@@ -11,7 +11,11 @@
  *	2. for each notification, take the task id out of the JSON message;
  *	3. do the work (here: print the task);
  *	4. taskq.ack(id, result) to complete it, or taskq.nack(id, error,
- *	   retry_in) to fail this attempt and have it retried.
+ *	   retry_in) to fail this attempt and have it retried.  Acks are sent
+ *	   in batches: taskq.ack_many(ids, result) for every task handled
+ *	   since the last batch, once no more messages are waiting (or
+ *	   --batch of them are handled), so that one transaction and one WAL
+ *	   flush serve many tasks while a single task is not held back.
  *
  * Delivery is at least once: a task not acknowledged within
  * taskq.ack_timeout is sent again, so real work must tolerate repeats.
@@ -52,6 +56,7 @@ typedef struct
 {
 	ReplyMode	reply;
 	long		count;			/* messages to handle; 0 = no limit */
+	long		batch;			/* most tasks acknowledged per ack_many() */
 	double		timeout;		/* seconds for all of them; 0 = no limit */
 	bool		quiet;			/* print only the "listening" line */
 	bool		json;			/* print raw messages */
@@ -68,6 +73,9 @@ usage(FILE *out)
 			"  --ack           acknowledge every task (default)\n"
 			"  --no-ack        only print tasks; they are redelivered after taskq.ack_timeout\n"
 			"  --nack-first    nack attempt 1 of a task (it is retried), ack later attempts\n"
+			"  --batch N       acknowledge at most N tasks per taskq.ack_many() call\n"
+			"                  (default 100; a batch is sent as soon as no more\n"
+			"                  messages are waiting)\n"
 			"  --count N       exit after N messages (default: run until killed)\n"
 			"  --timeout SECS  exit with status 3 if the messages have not all come\n"
 			"                  within SECS seconds (default: wait forever)\n"
@@ -88,6 +96,7 @@ parse_options(int argc, char **argv, Options *opts)
 
 	memset(opts, 0, sizeof(*opts));
 	opts->reply = REPLY_ACK;
+	opts->batch = 100;
 
 	for (i = 1; i < argc; i++)
 	{
@@ -116,6 +125,16 @@ parse_options(int argc, char **argv, Options *opts)
 			if (errno != 0 || *end != '\0' || end == argv[i] || opts->count < 1)
 			{
 				fprintf(stderr, "taskq_listener: --count wants a positive integer, not \"%s\"\n", argv[i]);
+				exit(EXIT_USAGE);
+			}
+		}
+		else if (strcmp(arg, "--batch") == 0 && i + 1 < argc)
+		{
+			errno = 0;
+			opts->batch = strtol(argv[++i], &end, 10);
+			if (errno != 0 || *end != '\0' || end == argv[i] || opts->batch < 1 || opts->batch > 100000)
+			{
+				fprintf(stderr, "taskq_listener: --batch wants an integer from 1 to 100000, not \"%s\"\n", argv[i]);
 				exit(EXIT_USAGE);
 			}
 		}
@@ -314,18 +333,97 @@ typedef enum
 	MESSAGE_ERROR				/* ack() or nack() failed */
 } MessageOutcome;
 
+/* Tasks handled and not yet acknowledged. */
+typedef struct
+{
+	long long  *ids;
+	long		n;
+} Pending;
+
 /*
- * Handle one task message: print it, then ack or nack it as asked.
+ * Acknowledge the pending tasks with one taskq.ack_many() call, and say
+ * which were acknowledged (the others were no longer awaiting it: their
+ * lease ran out, or someone cancelled them).  False on error (reported).
+ */
+static bool
+flush_acks(PGconn *conn, const Options *opts, Pending *pending)
+{
+	char	   *ids;
+	char		result[96];
+	const char *params[2];
+	PGresult   *res;
+	const char *acked;
+	size_t		len = 3;
+	long		i;
+
+	if (pending->n == 0)
+		return true;
+	for (i = 0; i < pending->n; i++)
+		len += 21;
+	ids = malloc(len);
+	if (ids == NULL)
+	{
+		fprintf(stderr, "taskq_listener: out of memory\n");
+		return false;
+	}
+	len = 0;
+	ids[len++] = '{';
+	for (i = 0; i < pending->n; i++)
+		len += sprintf(ids + len, i > 0 ? ",%lld" : "%lld", pending->ids[i]);
+	strcpy(ids + len, "}");
+
+	/* the result is stored on the tasks, for whoever looks at them later */
+	snprintf(result, sizeof(result), "{\"acked_by\":\"taskq_listener\",\"pid\":%ld}",
+			 (long) getpid());
+	params[0] = ids;
+	params[1] = result;
+	res = PQexecParams(conn, "SELECT taskq.ack_many($1::bigint[], $2::jsonb)",
+					   2, NULL, params, NULL, NULL, 0);
+	free(ids);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+	{
+		fprintf(stderr, "taskq_listener: taskq.ack_many() failed: %s", PQerrorMessage(conn));
+		PQclear(res);
+		return false;
+	}
+
+	/* "{3,5,8}": the ids acknowledged, in id order */
+	acked = PQgetvalue(res, 0, 0);
+	for (i = 0; i < pending->n && !opts->quiet; i++)
+	{
+		char		id_text[24];
+		const char *p = acked;
+		size_t		idlen;
+		bool		found = false;
+
+		idlen = (size_t) snprintf(id_text, sizeof(id_text), "%lld", pending->ids[i]);
+		while ((p = strstr(p, id_text)) != NULL && !found)
+		{
+			found = (p[-1] == '{' || p[-1] == ',') && (p[idlen] == '}' || p[idlen] == ',');
+			p += idlen;
+		}
+		printf(found ? "acked task %lld\n"
+			   : "ack of task %lld refused: it is not awaiting an acknowledgement\n",
+			   pending->ids[i]);
+	}
+	fflush(stdout);
+	PQclear(res);
+	pending->n = 0;
+	return true;
+}
+
+/*
+ * Handle one task message: print it, then nack it, or add it to the tasks
+ * to acknowledge, as asked.
  */
 static MessageOutcome
-handle_message(PGconn *conn, const Options *opts, const char *message)
+handle_message(PGconn *conn, const Options *opts, const char *message, Pending *pending)
 {
 	long long	id;
 	long long	attempt;
 	const char *payload;
 	size_t		payload_len;
 	char		id_text[32];
-	char		result[96];
 	int			ok;
 
 	if (!json_int_field(message, "id", &id))
@@ -366,18 +464,28 @@ handle_message(PGconn *conn, const Options *opts, const char *message)
 	}
 	else
 	{
-		const char *params[2] = {id_text, result};
-
-		/* the result is stored on the task, for whoever looks at it later */
-		snprintf(result, sizeof(result), "{\"acked_by\":\"taskq_listener\",\"pid\":%ld}",
-				 (long) getpid());
-		ok = query_bool(conn, "SELECT taskq.ack($1::bigint, $2::jsonb)", 2, params);
-		if (ok >= 0 && !opts->quiet)
-			printf(ok ? "acked task %lld\n"
-				   : "ack of task %lld refused: it is not awaiting an acknowledgement\n", id);
+		pending->ids[pending->n++] = id;
+		if (pending->n >= opts->batch && !flush_acks(conn, opts, pending))
+			return MESSAGE_ERROR;
+		return MESSAGE_HANDLED;
 	}
 	fflush(stdout);
 	return ok >= 0 ? MESSAGE_HANDLED : MESSAGE_ERROR;
+}
+
+/*
+ * The next notification libpq has read; with acks pending, first read
+ * what the server has already sent (without waiting), so that a burst is
+ * acknowledged together.
+ */
+static PGnotify *
+next_notify(PGconn *conn, const Pending *pending)
+{
+	PGnotify   *notify = PQnotifies(conn);
+
+	if (notify == NULL && pending->n > 0 && PQconsumeInput(conn))
+		notify = PQnotifies(conn);
+	return notify;
 }
 
 /* Seconds on a clock that does not jump. */
@@ -403,8 +511,15 @@ main(int argc, char **argv)
 	long		received = 0;
 	double		deadline;
 	int			status = 0;
+	Pending		pending = {NULL, 0};
 
 	parse_options(argc, argv, &opts);
+	pending.ids = malloc(sizeof(long long) * opts.batch);
+	if (pending.ids == NULL)
+	{
+		fprintf(stderr, "taskq_listener: out of memory\n");
+		return EXIT_QUERY_ERROR;
+	}
 	deadline = now_seconds() + opts.timeout;
 
 	/* dbname with expand_dbname takes a full conninfo string or URI */
@@ -462,9 +577,9 @@ main(int argc, char **argv)
 		 * came in while we were running ack() or nack().
 		 */
 		while ((opts.count == 0 || received < opts.count) &&
-			   (notify = PQnotifies(conn)) != NULL)
+			   (notify = next_notify(conn, &pending)) != NULL)
 		{
-			MessageOutcome outcome = handle_message(conn, &opts, notify->extra);
+			MessageOutcome outcome = handle_message(conn, &opts, notify->extra, &pending);
 
 			PQfreemem(notify);
 			if (outcome == MESSAGE_ERROR)
@@ -474,6 +589,11 @@ main(int argc, char **argv)
 			}
 			if (outcome == MESSAGE_HANDLED)
 				received++;
+		}
+		if (!flush_acks(conn, &opts, &pending))
+		{
+			status = EXIT_QUERY_ERROR;
+			goto done;
 		}
 		if (opts.count != 0 && received >= opts.count)
 			break;
@@ -515,6 +635,7 @@ main(int argc, char **argv)
 	}
 
 done:
+	free(pending.ids);
 	PQfinish(conn);
 	return status;
 }

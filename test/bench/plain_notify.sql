@@ -6,8 +6,9 @@
 -- handler, in one transaction per batch: mark a batch of due tasks
 -- 'dispatched' and pg_notify each one's message (the same JSON object
 -- taskq sends).  The listener (test/listener.c) acknowledges each message
--- with "SELECT taskq.ack($1::bigint, $2::jsonb)"; here that name is a
--- plain PL/pgSQL function that completes the row, as taskq.ack does.
+-- with "SELECT taskq.ack_many($1::bigint[], $2::jsonb)"; here that name
+-- is a plain PL/pgSQL function that completes the rows, as
+-- taskq.ack_many does.
 
 CREATE PROCEDURE plain.dispatch_notify(p_channel text, p_batch int)
 LANGUAGE plpgsql AS $$
@@ -43,22 +44,22 @@ BEGIN
     COMMIT;
 END $$;
 
--- As taskq.ack: lock the row by id, check its status, update it by id.
--- (A single "UPDATE ... WHERE id = $1 AND status = 'dispatched'" would be
--- planned on tasks_inflight_idx, whose predicate that status implies, and
--- scan every in-flight entry for each ack.)
+-- As taskq.ack_many: lock the rows by id in id order, keep the dispatched
+-- ones, update those by id.  (A single "UPDATE ... WHERE id = ANY ($1) AND
+-- status = 'dispatched'" would be planned on tasks_inflight_idx, whose
+-- predicate that status implies, and scan every in-flight entry.)
 CREATE SCHEMA taskq;
-CREATE FUNCTION taskq.ack(p_id bigint, p_result jsonb DEFAULT NULL)
-RETURNS boolean LANGUAGE plpgsql AS $$
+CREATE FUNCTION taskq.ack_many(p_ids bigint[], p_result jsonb DEFAULT NULL)
+RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
-    s plain.status;
+    acked bigint[];
 BEGIN
-    SELECT status INTO s FROM plain.tasks WHERE id = p_id FOR UPDATE;
-    IF s IS DISTINCT FROM 'dispatched' THEN
-        RETURN false;
-    END IF;
+    SELECT coalesce(array_agg(id ORDER BY id), '{}') INTO acked
+    FROM (SELECT id, status FROM plain.tasks WHERE id = ANY (p_ids)
+          ORDER BY id FOR UPDATE) l
+    WHERE status = 'dispatched';
     UPDATE plain.tasks SET status = 'completed', result = p_result,
            finished_at = now(), lease_until = NULL
-    WHERE id = p_id;
-    RETURN true;
+    WHERE id = ANY (acked);
+    RETURN acked;
 END $$;
