@@ -279,5 +279,53 @@ note 'trace delay of the nap task: ' . ($nap_delay // '?') . ' ms';
 cmp_ok($nap_delay // 1e9, '<', 1000,
 	'the traced dispatch delay does not include the handler\'s run time');
 
+# ---------------------------------------------------------------------
+# Retention.  With the default (1d) an ended task stays; with 0 a
+# completed task is deleted in the transaction that records it (its
+# handler's effect stays), and a failed one by the next maintenance pass.
+# ---------------------------------------------------------------------
+my $kept = enqueue('kept');
+is(sql("SELECT status FROM taskq.wait($kept, '10s')"), 'completed',
+	'retention 1d: a completed task stays in taskq.tasks');
+my $done_before = sql(
+	"SELECT coalesce(sum(completed_since_start), 0) FROM taskq.stats WHERE handler = 'record'");
+# (an idle dispatcher's maintenance, retention included, runs every
+# taskq.poll_interval: back from 1h to 1s)
+$node->append_conf('postgresql.conf', "taskq.retention = 0\ntaskq.poll_interval = '1s'\n");
+$node->reload;
+ok($node->poll_query_until('postgres', "SELECT current_setting('taskq.retention') = '0'"),
+	'taskq.retention = 0 after a reload');
+# the dispatcher reads the setting at its next wake-up: enqueue until one
+# task is removed at completion rather than kept
+my $gone;
+for my $try (1 .. 20)
+{
+	my $id = enqueue("gone-$try");
+	ok($node->poll_query_until('postgres',
+			"SELECT EXISTS (SELECT 1 FROM runs WHERE label = 'gone-$try')"),
+		"retention 0: task gone-$try ran") or last;
+	if (sql("SELECT count(*) FROM taskq.tasks WHERE id = $id") eq '0')
+	{
+		$gone = $id;
+		last;
+	}
+	wait_status($id, 'completed');
+}
+ok(defined $gone, 'retention 0: a completed task is deleted when it completes');
+is(sql("SELECT count(*) FROM runs WHERE label LIKE 'gone-%'"),
+	sql("SELECT count(DISTINCT label) FROM runs WHERE label LIKE 'gone-%'"),
+	'retention 0: each of those tasks ran once');
+cmp_ok(sql("SELECT sum(completed_since_start) FROM taskq.stats WHERE handler = 'record'"),
+	'>', $done_before, 'retention 0: the deleted task is still counted in taskq.stats');
+sql(q{CREATE FUNCTION public.fail(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'no'; END $$});
+sql(q{SELECT taskq.register_handler('fail', 'public.fail(jsonb)')});
+my $failed = sql(q{SELECT taskq.enqueue('fail', '{}', max_attempts => 1)});
+ok($node->poll_query_until('postgres',
+		"SELECT NOT EXISTS (SELECT 1 FROM taskq.tasks WHERE id = $failed)"),
+	'retention 0: a failed task is removed by the next maintenance pass');
+is(sql("SELECT count(*) FROM taskq.tasks WHERE id = $kept"), '0',
+	'retention 0: so is the task completed before');
+
 $node->stop;
 done_testing();
