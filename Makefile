@@ -33,3 +33,8 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 EXTRA_CLEAN = results regression.diffs regression.out tmp_check log
+
+# Every source includes src/taskq.h, whose structs live in shared memory:
+# rebuild them all when it changes (PGXS tracks headers only in servers
+# configured with --enable-depend).
+$(OBJS) $(OBJS:.o=.bc): src/taskq.h

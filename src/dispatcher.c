@@ -79,6 +79,13 @@ static TaskqSlot *my_slot = NULL;
 static MemoryContext batch_ctx = NULL;
 static TimestampTz last_maintenance = 0;
 static TimestampTz next_lease_expiry = DT_NOEND;	/* maintenance due then */
+
+/*
+ * What our own batches made due later, since the last next-due read: the
+ * earliest retry, and the earliest lease of a task we dispatched.
+ */
+static TimestampTz retry_hint = DT_NOEND;
+static TimestampTz lease_hint = DT_NOEND;
 static char my_dbname[NAMEDATALEN];
 static uint64 cancel_seen = 0;	/* our position in the cancel ring */
 
@@ -528,9 +535,11 @@ forget_claim_plans(void)
 /*
  * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
  * many (expired ones included, marked), or -1 if the extension is gone.
+ * A short batch means nothing else is due now; the same transaction then
+ * reads when something next becomes due (*due, *lease: see next_due()).
  */
 static int
-claim(TaskqTask **tasks_out)
+claim(TaskqTask **tasks_out, TimestampTz *due, TimestampTz *lease)
 {
 	Oid			types[4] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID};
 	Oid			cursor_types[5] = {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
@@ -543,6 +552,8 @@ claim(TaskqTask **tasks_out)
 	MemoryContext old;
 
 	set_state(TASKQ_STATE_CLAIMING);
+	/* before the snapshot: a commit that this claim misses sets it again */
+	(void) pg_atomic_exchange_u32(&my_slot->wake_pending, 0);
 	begin_tx("taskq: claiming tasks");
 	if (!extension_present())
 	{
@@ -643,6 +654,13 @@ claim(TaskqTask **tasks_out)
 		t->expired = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
 	}
 	MemoryContextSwitchTo(old);
+
+	*due = *lease = DT_NOEND;
+	if (n < taskq_batch_size)
+	{
+		*due = next_due(lease);
+		retry_hint = lease_hint = DT_NOEND;
+	}
 
 	/*
 	 * A handler may take the server down.  If this commit is lost with the
@@ -762,6 +780,9 @@ record_success(TaskqTask *task, TaskqOutcome *out)
 									   5, types),
 						 values, nulls, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "taskq: recording the outcome of task " INT64_FORMAT " failed", task->id);
+	if (strcmp(out->status, "dispatched") == 0)
+		lease_hint = Min(lease_hint,
+						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), taskq_ack_timeout));
 	return SPI_processed == 1;
 }
 
@@ -775,13 +796,14 @@ record_failure(TaskqTask *task, const char *error, bool timed_out)
 	Oid			types[5] = {INT8OID, TEXTOID, INT8OID, TEXTOID, INT4OID};
 	Datum		values[5];
 	bool		final = task->attempts + 1 >= task->max_attempts;
+	int64		delay_ms = final ? -1 : taskq_backoff_ms(task->attempts + 1);
 	char	   *msg = pstrdup(error);
 
 	if (strlen(msg) > TASKQ_ERROR_MAXLEN)
 		msg[TASKQ_ERROR_MAXLEN] = '\0';
 	values[0] = Int64GetDatum(task->id);
 	values[1] = CStringGetTextDatum(msg);
-	values[2] = Int64GetDatum(final ? -1 : taskq_backoff_ms(task->attempts + 1));
+	values[2] = Int64GetDatum(delay_ms);
 	values[3] = CStringGetTextDatum(timed_out ? "timeout" : "failed");
 	values[4] = Int32GetDatum(MyProcPid);
 	if (SPI_execute_plan(taskq_prepare(&failure_plan,
@@ -797,6 +819,8 @@ record_failure(TaskqTask *task, const char *error, bool timed_out)
 		elog(ERROR, "taskq: recording the failure of task " INT64_FORMAT " failed", task->id);
 	if (SPI_processed == 0)
 		return false;			/* cancelled meanwhile */
+	if (!final)
+		retry_hint = Min(retry_hint, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms));
 
 	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
 	my_slot->failed++;
@@ -980,18 +1004,19 @@ run_batch(TaskqTask *tasks, int n)
  */
 
 /*
- * Find work and do it: maintenance when due, then batches until a claim
- * comes back empty.  Claiming again after every non-empty batch matters:
- * a handler can reset our latch (pg_sleep, lock waits), so a commit that
- * woke us while it ran is seen only by claiming again.  Returns when
+ * Find work and do it: maintenance when due, then batches while there is
+ * more.  After a full batch we claim again at once.  After a short one
+ * (nothing else was due when it was claimed) we claim again only if a
+ * commit woke us meanwhile: wake_pending, not the latch, says so, since a
+ * handler can reset our latch (pg_sleep, lock waits).  Returns when
  * nothing is due, with the time something next becomes due; exits if the
  * extension is gone.
  */
 static TimestampTz
 work(void)
 {
-	TimestampTz due;
-	TimestampTz lease;
+	TimestampTz due = DT_NOEND;
+	TimestampTz lease = DT_NOEND;
 
 	for (;;)
 	{
@@ -1015,7 +1040,7 @@ work(void)
 		}
 
 		MemoryContextReset(batch_ctx);
-		n = claim(&tasks);
+		n = claim(&tasks, &due, &lease);
 		if (n < 0)
 			exit_because(TASKQ_EXIT_NO_EXTENSION);
 		if (n > 0)
@@ -1023,19 +1048,17 @@ work(void)
 		between_batches();
 		if (!taskq_enabled)
 			return DT_NOEND;
-		if (n == 0)
-			break;
+		if (n == taskq_batch_size)
+			continue;
+		if (n > 0 && pg_atomic_read_u32(&my_slot->wake_pending) != 0)
+			continue;
+		break;
 	}
 
+	/* what our batches since the claim's next-due read made due later */
+	due = Min(due, retry_hint);
+	lease = Min(lease, lease_hint);
 	set_state(TASKQ_STATE_IDLE);
-	begin_tx("taskq: idle");
-	if (!extension_present())
-	{
-		commit_tx(false);
-		exit_because(TASKQ_EXIT_NO_EXTENSION);
-	}
-	due = next_due(&lease);
-	commit_tx(false);
 
 	/*
 	 * A lease that ran out needs maintenance; one that maintenance could

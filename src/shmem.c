@@ -178,6 +178,7 @@ load_suspect_files(void)
 static void
 shmem_startup(void)
 {
+	int			i;
 	bool		found;
 	HASHCTL		info;
 
@@ -192,6 +193,8 @@ shmem_startup(void)
 		shared->lock = &(GetNamedLWLockTranche("taskq"))->lock;
 		SpinLockInit(&shared->mutex);
 		shared->nslots = max_worker_processes;
+		for (i = 0; i < shared->nslots; i++)
+			pg_atomic_init_u32(&shared->slots[i].wake_pending, 0);
 		load_suspect_files();
 	}
 	memset(&info, 0, sizeof(info));
@@ -327,7 +330,10 @@ taskq_take_extension_wakeup(Oid dboid)
 
 /*
  * Wake the dispatchers of dboid for ntasks newly claimable tasks
- * (TASKQ_WAKE_ALL: an unknown number).  Every busy dispatcher gets its
+ * (TASKQ_WAKE_ALL: an unknown number): set wake_pending, then the latch.
+ * A dispatcher clears wake_pending before its claim takes its snapshot,
+ * so a set flag after a batch means a commit it may not have seen (the
+ * latch alone does not say so: a handler's pg_sleep resets it).  Every busy dispatcher gets its
  * latch set: that costs it nothing, and one whose claim began before our
  * commit then claims again instead of going to sleep.  Of the idle ones,
  * only as many as the tasks need batches: waking both of two sleeping
@@ -364,6 +370,7 @@ taskq_wake_dispatchers(Oid dboid, int ntasks)
 				continue;
 			idle_to_wake--;
 		}
+		pg_atomic_write_u32(&slot->wake_pending, 1);
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 	}
 }

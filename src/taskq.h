@@ -22,6 +22,8 @@
 
 #include "postgres.h"
 
+#include "port/atomics.h"
+
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -128,6 +130,7 @@ typedef struct TaskqSlot
 	TaskqWorkerState state;
 	TaskqExitReason exit_reason;
 	int64		current_task;	/* 0 when no handler is running */
+	pg_atomic_uint32 wake_pending;	/* a commit woke it since its last claim */
 	TimestampTz task_started_at;
 	char		current_queue[TASKQ_NAME_MAXLEN + 1];
 	int64		processed;
