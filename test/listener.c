@@ -590,10 +590,15 @@ main(int argc, char **argv)
 			if (outcome == MESSAGE_HANDLED)
 				received++;
 		}
-		if (!flush_acks(conn, &opts, &pending))
+		if (pending.n > 0)
 		{
-			status = EXIT_QUERY_ERROR;
-			goto done;
+			if (!flush_acks(conn, &opts, &pending))
+			{
+				status = EXIT_QUERY_ERROR;
+				goto done;
+			}
+			/* libpq may have read more messages during the call */
+			continue;
 		}
 		if (opts.count != 0 && received >= opts.count)
 			break;
