@@ -214,5 +214,22 @@ note sprintf('3 deliveries with a 100ms lease took %.2f s and %d transactions in
 cmp_ok($commits, '<', 200,
 	'the dispatchers did not busy-loop while the leases ran out');
 
+# ---------------------------------------------------------------------
+# A burst: 3000 messages at once, from both dispatchers.  The listener
+# acks them in batches with ack_many(), and gets through all of them.
+# ---------------------------------------------------------------------
+sql(q{SELECT taskq.register_handler('bulk', 'bulk_shipping', kind => 'notify')});
+$l = start_listener('bulk_shipping', '--quiet', '--count', '3000');
+sql(q{SELECT count(taskq.enqueue('bulk', jsonb_build_object('n', g)))
+      FROM generate_series(1, 3000) g});
+is(finish_listener($l), 0, 'burst: the listener received 3000 messages and exited 0');
+is( sql(q{SELECT count(*) || '|' || count(*) FILTER (WHERE status = 'completed'
+                                               AND result->>'acked_by' = 'taskq_listener')
+          FROM taskq.tasks WHERE handler = 'bulk'}),
+	'3000|3000', 'burst: every task was acknowledged by the listener');
+my $acks = sql(q{SELECT count(DISTINCT finished_at) FROM taskq.tasks WHERE handler = 'bulk'});
+note "burst: 3000 tasks acknowledged in $acks transactions";
+cmp_ok($acks, '<', 3000, 'burst: acknowledged in batches, not one transaction each');
+
 $node->stop;
 done_testing();
