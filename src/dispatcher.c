@@ -511,10 +511,11 @@ static struct
 /*
  * The claim statements have the batch size written in (a LIMIT parameter
  * would make the generic plan guess a tenth of the table and hash-join
- * it; $1 stays in their parameter lists, unused, so that the three
- * number their parameters alike).  They run with generic plans, planned again when the batch size
- * changes and at each maintenance, so that a plan made while the table
- * was small does not outlive its growth until the next ANALYZE.
+ * it; $1 stays in their parameter lists, unused, so that the three number
+ * their parameters alike).  They run with generic plans, planned again
+ * when the batch size changes and at each maintenance, so that a plan made
+ * while the table was small does not outlive its growth until the next
+ * ANALYZE.
  */
 static int	claim_plans_batch = 0;
 
@@ -535,11 +536,12 @@ forget_claim_plans(void)
 /*
  * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
  * many (expired ones included, marked), or -1 if the extension is gone.
- * A short batch means nothing else is due now; the same transaction then
- * reads when something next becomes due (*due, *lease: see next_due()).
+ * *full says whether the batch was full.  A short batch means nothing
+ * else is due now; the same transaction then reads when something next
+ * becomes due (*due, *lease: see next_due()).
  */
 static int
-claim(TaskqTask **tasks_out, TimestampTz *due, TimestampTz *lease)
+claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 {
 	Oid			types[4] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID};
 	Oid			cursor_types[5] = {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
@@ -655,8 +657,9 @@ claim(TaskqTask **tasks_out, TimestampTz *due, TimestampTz *lease)
 	}
 	MemoryContextSwitchTo(old);
 
+	*full = n == taskq_batch_size;
 	*due = *lease = DT_NOEND;
-	if (n < taskq_batch_size)
+	if (!*full)
 	{
 		*due = next_due(lease);
 		retry_hint = lease_hint = DT_NOEND;
@@ -676,7 +679,7 @@ claim(TaskqTask **tasks_out, TimestampTz *due, TimestampTz *lease)
 	 * its last task.  A short one ends the drain; the next claim starts at
 	 * the head again.
 	 */
-	cursor.valid = exclusions == 0 && n == taskq_batch_size;
+	cursor.valid = exclusions == 0 && *full;
 	if (cursor.valid)
 	{
 		cursor.priority = tasks[n - 1].priority;
@@ -1022,6 +1025,7 @@ work(void)
 	{
 		TaskqTask  *tasks;
 		int			n;
+		bool		full;
 		TimestampTz now = GetCurrentTimestamp();
 
 		if (now >= next_lease_expiry ||
@@ -1040,7 +1044,7 @@ work(void)
 		}
 
 		MemoryContextReset(batch_ctx);
-		n = claim(&tasks, &due, &lease);
+		n = claim(&tasks, &full, &due, &lease);
 		if (n < 0)
 			exit_because(TASKQ_EXIT_NO_EXTENSION);
 		if (n > 0)
@@ -1048,7 +1052,7 @@ work(void)
 		between_batches();
 		if (!taskq_enabled)
 			return DT_NOEND;
-		if (n == taskq_batch_size)
+		if (full)
 			continue;
 		if (n > 0 && pg_atomic_read_u32(&my_slot->wake_pending) != 0)
 			continue;

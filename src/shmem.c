@@ -333,9 +333,11 @@ taskq_take_extension_wakeup(Oid dboid)
  * (TASKQ_WAKE_ALL: an unknown number): set wake_pending, then the latch.
  * A dispatcher clears wake_pending before its claim takes its snapshot,
  * so a set flag after a batch means a commit it may not have seen (the
- * latch alone does not say so: a handler's pg_sleep resets it).  Every busy dispatcher gets its
- * latch set: that costs it nothing, and one whose claim began before our
- * commit then claims again instead of going to sleep.  Of the idle ones,
+ * latch alone does not say so: a handler's pg_sleep resets it).
+ *
+ * Every busy dispatcher is woken: that costs it nothing, and one whose
+ * claim began before our commit then claims again instead of going to
+ * sleep.  Of the idle ones,
  * only as many as the tasks need batches: waking both of two sleeping
  * dispatchers for one task costs a second, empty claim on a machine whose
  * cores the application is using.  The woken one claims after our commit,

@@ -16,7 +16,7 @@ use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 use Test::More;
 
-our @EXPORT = qw(taskq_node wait_task_status);
+our @EXPORT = qw(taskq_node wait_task_status idle_dispatchers_holding);
 
 sub taskq_node
 {
@@ -46,6 +46,29 @@ sub wait_task_status
 	  . $node->safe_psql($db,
 		"SELECT status, attempts, last_error FROM taskq.tasks WHERE id = $id");
 	return 0;
+}
+
+# How many of 20 looks, 50 ms apart, found a dispatcher of database $db
+# holding an xmin, an xid or an open transaction.  An idle dispatcher
+# still wakes for its maintenance and next-due read (a few milliseconds),
+# so a look may catch one; one that kept a snapshot or a transaction
+# between batches shows in every look.
+sub idle_dispatchers_holding
+{
+	my ($node, $db) = @_;
+	my $holding = 0;
+	for (1 .. 20)
+	{
+		$holding++
+		  if $node->safe_psql($db,
+			qq{SELECT count(*) FROM pg_stat_activity
+               WHERE backend_type = 'taskq dispatcher' AND datname = '$db'
+                 AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL
+                      OR xact_start IS NOT NULL OR state <> 'idle')}) ne '0';
+		select(undef, undef, undef, 0.05);
+	}
+	note "a dispatcher of $db held an xmin or a transaction in $holding of 20 looks";
+	return $holding;
 }
 
 1;

@@ -111,21 +111,7 @@ ok( $node->poll_query_until(
 		q{SELECT count(*) = 4 FROM taskq.workers w JOIN pg_stat_activity a USING (pid)
           WHERE w.state = 'idle' AND a.state = 'idle'}),
 	'all dispatchers are idle again');
-# An idle dispatcher still wakes for its maintenance and its next-due
-# read (a few milliseconds each), so look 20 times, 50 ms apart: one that
-# kept a snapshot or a transaction between batches would show every time.
-my $holding = 0;
-for (1 .. 20)
-{
-	$holding++
-	  if sql(q{SELECT count(*) FROM pg_stat_activity
-               WHERE backend_type = 'taskq dispatcher'
-                 AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL
-                      OR state = 'idle in transaction')}) ne '0';
-	select(undef, undef, undef, 0.05);
-}
-note "a dispatcher held an xmin or a transaction in $holding of 20 looks";
-cmp_ok($holding, '<=', 3,
+cmp_ok(idle_dispatchers_holding($node, 'postgres'), '<=', 3,
 	'idle dispatchers hold no xmin, no xid and are not idle in transaction (but in their short wake-ups)');
 
 $node->stop;
