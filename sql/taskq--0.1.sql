@@ -73,9 +73,10 @@ CREATE INDEX tasks_due_idx ON taskq.tasks (priority DESC, run_at, id)
 -- At most one live task per (handler, dedupe_key).
 CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched');
--- Leases to expire and workers to reap.
+-- Leases to expire.  ('running' tasks are not indexed: claiming one would
+-- add an entry; they are looked for only after a dispatcher exits.)
 CREATE INDEX tasks_inflight_idx ON taskq.tasks (lease_until)
-    WHERE status IN ('running', 'dispatched');
+    WHERE status = 'dispatched';
 -- The next scheduled task, for a dispatcher's sleep.
 CREATE INDEX tasks_scheduled_idx ON taskq.tasks (run_at)
     WHERE status = 'queued';

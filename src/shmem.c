@@ -70,6 +70,9 @@ typedef struct TaskqShared
 	 */
 	uint64		cancel_gen;
 	int64		cancel_ring[TASKQ_CANCEL_RING];
+
+	/* dispatchers that have exited since the server started */
+	pg_atomic_uint64 dispatcher_exits;
 	int			nslots;
 	TaskqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } TaskqShared;
@@ -195,6 +198,7 @@ shmem_startup(void)
 		shared->nslots = max_worker_processes;
 		for (i = 0; i < shared->nslots; i++)
 			pg_atomic_init_u32(&shared->slots[i].wake_pending, 0);
+		pg_atomic_init_u64(&shared->dispatcher_exits, 0);
 		load_suspect_files();
 	}
 	memset(&info, 0, sizeof(info));
@@ -534,6 +538,24 @@ taskq_request_interrupt_at_commit(int64 task_id)
  * Crash suspects
  * ----------------------------------------------------------------
  */
+
+/*
+ * Dispatcher exits, counted so that the others know when a dispatcher may
+ * have left 'running' tasks behind (dispatcher.c, reap_orphans).  A crash
+ * restart starts every dispatcher again, and each reaps when it starts.
+ */
+void
+taskq_count_dispatcher_exit(void)
+{
+	if (have_shared())
+		pg_atomic_fetch_add_u64(&shared->dispatcher_exits, 1);
+}
+
+uint64
+taskq_dispatcher_exits(void)
+{
+	return have_shared() ? pg_atomic_read_u64(&shared->dispatcher_exits) : 0;
+}
 
 void
 taskq_add_suspect(Oid dboid, int64 task_id)

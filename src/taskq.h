@@ -160,6 +160,8 @@ extern void taskq_request_interrupt_at_commit(int64 task_id);
 extern void taskq_add_suspect(Oid dboid, int64 task_id);
 extern bool taskq_is_suspect(Oid dboid, int64 task_id);
 extern int	taskq_list_suspects(Oid dboid, int64 *ids, int max);
+extern void taskq_count_dispatcher_exit(void);
+extern uint64 taskq_dispatcher_exits(void);
 extern void taskq_forget_suspects(Oid dboid, const int64 *ids, int n);
 extern void taskq_suspect_file_open(int slot);
 extern void taskq_suspect_file_write(Oid dboid, int64 task_id);

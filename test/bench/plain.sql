@@ -44,7 +44,7 @@ CREATE INDEX tasks_due_idx ON plain.tasks (priority DESC, run_at, id)
 CREATE UNIQUE INDEX tasks_dedupe_idx ON plain.tasks (handler, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched');
 CREATE INDEX tasks_inflight_idx ON plain.tasks (lease_until)
-    WHERE status IN ('running', 'dispatched');
+    WHERE status = 'dispatched';
 CREATE INDEX tasks_scheduled_idx ON plain.tasks (run_at)
     WHERE status = 'queued';
 CREATE INDEX tasks_expiry_idx ON plain.tasks (expires_at)
