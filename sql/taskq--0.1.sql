@@ -48,6 +48,7 @@ CREATE TABLE taskq.tasks (
     worker_pid   int,
     owner        regrole NOT NULL,
     status       taskq.status NOT NULL DEFAULT 'queued',
+    held         boolean NOT NULL DEFAULT false,
     run_at       timestamptz NOT NULL,
     enqueued_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     started_at   timestamptz,
@@ -69,7 +70,7 @@ COMMENT ON TABLE taskq.tasks IS 'the outbox; write through taskq.enqueue() and t
 
 -- What a claim reads: due tasks in dispatch order.
 CREATE INDEX tasks_due_idx ON taskq.tasks (priority DESC, run_at, id)
-    WHERE status = 'queued';
+    WHERE status = 'queued' AND NOT held;
 -- At most one live task per (handler, dedupe_key).
 CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched');
@@ -79,7 +80,11 @@ CREATE INDEX tasks_inflight_idx ON taskq.tasks (lease_until)
     WHERE status = 'dispatched';
 -- The next scheduled task, for a dispatcher's sleep.
 CREATE INDEX tasks_scheduled_idx ON taskq.tasks (run_at)
-    WHERE status = 'queued';
+    WHERE status = 'queued' AND NOT held;
+-- Tasks held back by a paused queue (kept out of the two above, so that
+-- claims for other queues do not step over a paused backlog), for resume().
+CREATE INDEX tasks_held_idx ON taskq.tasks (queue)
+    WHERE held;
 -- Queued tasks that can expire.
 CREATE INDEX tasks_expiry_idx ON taskq.tasks (expires_at)
     WHERE status = 'queued' AND expires_at IS NOT NULL;

@@ -21,6 +21,7 @@ CREATE TABLE plain.tasks (
     worker_pid   int,
     owner        regrole NOT NULL,
     status       plain.status NOT NULL DEFAULT 'queued',
+    held         boolean NOT NULL DEFAULT false,
     run_at       timestamptz NOT NULL,
     enqueued_at  timestamptz NOT NULL DEFAULT now(),
     started_at   timestamptz,
@@ -40,13 +41,15 @@ CREATE TABLE plain.tasks (
 ALTER SEQUENCE plain.tasks_id_seq OWNED BY plain.tasks.id;
 
 CREATE INDEX tasks_due_idx ON plain.tasks (priority DESC, run_at, id)
-    WHERE status = 'queued';
+    WHERE status = 'queued' AND NOT held;
 CREATE UNIQUE INDEX tasks_dedupe_idx ON plain.tasks (handler, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched');
 CREATE INDEX tasks_inflight_idx ON plain.tasks (lease_until)
     WHERE status = 'dispatched';
 CREATE INDEX tasks_scheduled_idx ON plain.tasks (run_at)
-    WHERE status = 'queued';
+    WHERE status = 'queued' AND NOT held;
+CREATE INDEX tasks_held_idx ON plain.tasks (queue)
+    WHERE held;
 CREATE INDEX tasks_expiry_idx ON plain.tasks (expires_at)
     WHERE status = 'queued' AND expires_at IS NOT NULL;
 CREATE INDEX tasks_finished_idx ON plain.tasks (finished_at)
