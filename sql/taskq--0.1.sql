@@ -78,10 +78,11 @@ CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key)
 -- add an entry; they are looked for only after a dispatcher exits.)
 CREATE INDEX tasks_inflight_idx ON taskq.tasks (lease_until)
     WHERE status = 'dispatched';
--- The next scheduled task, for a dispatcher's sleep.
-CREATE INDEX tasks_scheduled_idx ON taskq.tasks (run_at)
-    WHERE status = 'queued' AND NOT held;
--- Tasks held back by a paused queue (kept out of the two above, so that
+-- (A dispatcher finds the next scheduled task with a probe of this index
+-- per priority; a second index on run_at alone would cost every enqueue an
+-- entry, and let the planner sort the queue for a claim when its
+-- statistics say the queue is empty.)
+-- Tasks held back by a paused queue (kept out of the index above, so that
 -- claims for other queues do not step over a paused backlog), for resume().
 CREATE INDEX tasks_held_idx ON taskq.tasks (queue)
     WHERE held;

@@ -471,8 +471,10 @@ maintenance(void)
 
 /*
  * When something next becomes due: the earliest future run_at of a queued
- * task (returned), and the earliest lease to run out (*lease).  Both are
- * index range scans.
+ * task (returned), and the earliest lease to run out (*lease).  The first
+ * is a skip scan of tasks_due_idx: the distinct priorities of queued
+ * tasks, highest first, then the first future run_at within each; a probe
+ * or two per priority in use.  The second is an index range scan.
  */
 static TimestampTz
 next_due(TimestampTz *lease)
@@ -482,9 +484,22 @@ next_due(TimestampTz *lease)
 
 	if (SPI_execute_plan(taskq_prepare(&next_due_plan,
 									   "SELECT"
-									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
-									   "   AND NOT held AND run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
-									   "   ORDER BY run_at LIMIT 1),"
+									   " (WITH RECURSIVE p AS ("
+									   "   (SELECT priority FROM taskq.tasks"
+									   "     WHERE status OPERATOR(pg_catalog.=) 'queued' AND NOT held"
+									   "     ORDER BY priority DESC LIMIT 1)"
+									   "   UNION ALL"
+									   "   SELECT (SELECT t.priority FROM taskq.tasks t"
+									   "     WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.held"
+									   "       AND t.priority OPERATOR(pg_catalog.<) p.priority"
+									   "     ORDER BY t.priority DESC LIMIT 1)"
+									   "   FROM p WHERE p.priority IS NOT NULL)"
+									   "  SELECT pg_catalog.min((SELECT t.run_at FROM taskq.tasks t"
+									   "     WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.held"
+									   "       AND t.priority OPERATOR(pg_catalog.=) p.priority"
+									   "       AND t.run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
+									   "     ORDER BY t.run_at LIMIT 1))"
+									   "  FROM p WHERE p.priority IS NOT NULL),"
 									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
 									   "   ORDER BY lease_until LIMIT 1)",
 									   0, NULL),

@@ -46,8 +46,6 @@ CREATE UNIQUE INDEX tasks_dedupe_idx ON plain.tasks (handler, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched');
 CREATE INDEX tasks_inflight_idx ON plain.tasks (lease_until)
     WHERE status = 'dispatched';
-CREATE INDEX tasks_scheduled_idx ON plain.tasks (run_at)
-    WHERE status = 'queued' AND NOT held;
 CREATE INDEX tasks_held_idx ON plain.tasks (queue)
     WHERE held;
 CREATE INDEX tasks_expiry_idx ON plain.tasks (expires_at)
@@ -83,7 +81,7 @@ BEGIN
     FOR r IN
         DELETE FROM plain.tasks WHERE id IN (
             SELECT id FROM plain.tasks
-            WHERE status = 'queued' AND run_at <= now()
+            WHERE status = 'queued' AND NOT held AND run_at <= now()
             ORDER BY priority DESC, run_at, id
             FOR UPDATE SKIP LOCKED LIMIT p_batch)
         RETURNING handler, payload
