@@ -48,7 +48,6 @@ CREATE TABLE taskq.tasks (
     worker_pid   int,
     owner        regrole NOT NULL,
     status       taskq.status NOT NULL DEFAULT 'queued',
-    held         boolean NOT NULL DEFAULT false,
     run_at       timestamptz NOT NULL,
     enqueued_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     started_at   timestamptz,
@@ -70,7 +69,7 @@ COMMENT ON TABLE taskq.tasks IS 'the outbox; write through taskq.enqueue() and t
 
 -- What a claim reads: due tasks in dispatch order.
 CREATE INDEX tasks_due_idx ON taskq.tasks (priority DESC, run_at, id)
-    WHERE status = 'queued' AND NOT held;
+    WHERE status = 'queued';
 -- At most one live task per (handler, dedupe_key).
 CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched');
@@ -78,14 +77,9 @@ CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key)
 -- add an entry; they are looked for only after a dispatcher exits.)
 CREATE INDEX tasks_inflight_idx ON taskq.tasks (lease_until)
     WHERE status = 'dispatched';
--- (A dispatcher finds the next scheduled task with a probe of this index
--- per priority; a second index on run_at alone would cost every enqueue an
--- entry, and let the planner sort the queue for a claim when its
--- statistics say the queue is empty.)
--- Tasks held back by a paused queue (kept out of the index above, so that
--- claims for other queues do not step over a paused backlog), for resume().
-CREATE INDEX tasks_held_idx ON taskq.tasks (queue)
-    WHERE held;
+-- The next scheduled task, for a dispatcher's sleep.
+CREATE INDEX tasks_scheduled_idx ON taskq.tasks (run_at)
+    WHERE status = 'queued';
 -- Queued tasks that can expire.
 CREATE INDEX tasks_expiry_idx ON taskq.tasks (expires_at)
     WHERE status = 'queued' AND expires_at IS NOT NULL;

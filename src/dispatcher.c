@@ -98,7 +98,6 @@ static SPIPlanPtr remove_plan = NULL;
 static SPIPlanPtr failure_plan = NULL;
 static SPIPlanPtr reap_plan = NULL;
 static SPIPlanPtr lease_plan = NULL;
-static SPIPlanPtr release_plan = NULL;
 static SPIPlanPtr expire_plan = NULL;
 static SPIPlanPtr retention_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
@@ -371,34 +370,6 @@ reap_orphans(void)
 	exits_reaped = exits;
 }
 
-/*
- * Release the tasks held in queues that are not paused: enqueues that saw
- * a queue paused but committed after its resume (tasks.c).  The held
- * queues are found with a skip scan of tasks_held_idx, a probe per queue,
- * so a large paused backlog costs nothing here.
- */
-static void
-release_held_tasks(void)
-{
-	if (SPI_execute_plan(taskq_prepare(&release_plan,
-									   "WITH RECURSIVE q AS ("
-									   "  (SELECT queue FROM taskq.tasks WHERE held ORDER BY queue LIMIT 1)"
-									   "  UNION ALL"
-									   "  SELECT (SELECT t.queue FROM taskq.tasks t WHERE t.held"
-									   "            AND t.queue OPERATOR(pg_catalog.>) q.queue ORDER BY t.queue LIMIT 1)"
-									   "  FROM q WHERE q.queue IS NOT NULL)"
-									   " UPDATE taskq.tasks t SET held = false"
-									   " WHERE t.held AND t.queue IN (SELECT q.queue FROM q WHERE q.queue IS NOT NULL"
-									   "   AND NOT EXISTS (SELECT FROM taskq.queues p"
-									   "     WHERE p.name OPERATOR(pg_catalog.=) q.queue AND p.paused))",
-									   0, NULL),
-						 NULL, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: releasing held tasks failed");
-	if (SPI_processed > 0)
-		elog(DEBUG1, "taskq: released " UINT64_FORMAT " tasks held in queues that are not paused",
-			 SPI_processed);
-}
-
 static void
 maintenance(void)
 {
@@ -409,7 +380,6 @@ maintenance(void)
 
 	set_state(TASKQ_STATE_MAINTENANCE);
 	reap_orphans();
-	release_held_tasks();
 
 	/* Notify tasks whose lease ran out are delivered again, or fail. */
 	ret = SPI_execute_plan(taskq_prepare(&lease_plan,
@@ -471,10 +441,8 @@ maintenance(void)
 
 /*
  * When something next becomes due: the earliest future run_at of a queued
- * task (returned), and the earliest lease to run out (*lease).  The first
- * is a skip scan of tasks_due_idx: the distinct priorities of queued
- * tasks, highest first, then the first future run_at within each; a probe
- * or two per priority in use.  The second is an index range scan.
+ * task (returned), and the earliest lease to run out (*lease).  Both are
+ * index range scans.
  */
 static TimestampTz
 next_due(TimestampTz *lease)
@@ -484,22 +452,8 @@ next_due(TimestampTz *lease)
 
 	if (SPI_execute_plan(taskq_prepare(&next_due_plan,
 									   "SELECT"
-									   " (WITH RECURSIVE p AS ("
-									   "   (SELECT priority FROM taskq.tasks"
-									   "     WHERE status OPERATOR(pg_catalog.=) 'queued' AND NOT held"
-									   "     ORDER BY priority DESC LIMIT 1)"
-									   "   UNION ALL"
-									   "   SELECT (SELECT t.priority FROM taskq.tasks t"
-									   "     WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.held"
-									   "       AND t.priority OPERATOR(pg_catalog.<) p.priority"
-									   "     ORDER BY t.priority DESC LIMIT 1)"
-									   "   FROM p WHERE p.priority IS NOT NULL)"
-									   "  SELECT pg_catalog.min((SELECT t.run_at FROM taskq.tasks t"
-									   "     WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.held"
-									   "       AND t.priority OPERATOR(pg_catalog.=) p.priority"
-									   "       AND t.run_at OPERATOR(pg_catalog.>) pg_catalog.now()"
-									   "     ORDER BY t.run_at LIMIT 1))"
-									   "  FROM p WHERE p.priority IS NOT NULL),"
+									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
+									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1),"
 									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
 									   "   ORDER BY lease_until LIMIT 1)",
 									   0, NULL),
@@ -553,7 +507,7 @@ static struct
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
 	" SELECT t.id FROM taskq.tasks t" \
-	" WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.held" \
+	" WHERE t.status OPERATOR(pg_catalog.=) 'queued'" \
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 #define CLAIM_SQL_TAIL \
 	" ORDER BY t.priority DESC, t.run_at, t.id" \

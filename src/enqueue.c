@@ -537,10 +537,8 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 
 #define INSERT_SQL \
 	"INSERT INTO taskq.tasks (handler, queue, priority, status, payload, metadata," \
-	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key, held)" \
-	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12," \
-	"  $4 OPERATOR(pg_catalog.=) 'queued' AND EXISTS (SELECT FROM taskq.queues q" \
-	"    WHERE q.name OPERATOR(pg_catalog.=) $2 AND q.paused))"
+	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key)" \
+	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12)"
 
 	if (o->dedupe_key == NULL)
 	{

@@ -47,8 +47,6 @@ static SPIPlanPtr ack_many_plan = NULL;
 static SPIPlanPtr wait_plan = NULL;
 static SPIPlanPtr pause_plan = NULL;
 static SPIPlanPtr resume_plan = NULL;
-static SPIPlanPtr hold_plan = NULL;
-static SPIPlanPtr release_plan = NULL;
 
 /* A task row, locked, as the operations need it. */
 typedef struct LockedTask
@@ -232,7 +230,7 @@ requeue_for_retry(const LockedTask *t)
 	PG_TRY();
 	{
 		if (SPI_execute_plan(taskq_prepare(&retry_plan,
-										   "UPDATE taskq.tasks SET status = 'queued', held = false, attempts = 0,"
+										   "UPDATE taskq.tasks SET status = 'queued', attempts = 0,"
 										   " run_at = pg_catalog.now(), started_at = NULL, finished_at = NULL,"
 										   " lease_until = NULL, worker_pid = NULL,"
 										   " expires_at = CASE WHEN expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() THEN NULL ELSE expires_at END"
@@ -602,32 +600,6 @@ set_queue_paused(const char *queue, bool paused)
 									   " WHERE name OPERATOR(pg_catalog.=) $1",
 									   1, types),
 						 values, NULL, false, 0);
-
-	/*
-	 * A paused queue's queued tasks are held: out of the claim's index, so
-	 * that other queues' claims do not step over them.  Resume releases
-	 * every held task of the queue, whatever became of it meanwhile.
-	 *
-	 * An enqueue decides whether its task is held from the queue's state in
-	 * its own snapshot.  One that commits just after a pause leaves its
-	 * task unheld: claims still skip it (they exclude paused queues by
-	 * name), it only is not out of their way.  One that commits just after
-	 * a resume leaves its task held in a running queue: dispatchers release
-	 * such tasks at their next maintenance (dispatcher.c).  Neither waits
-	 * for the other, so pausing never blocks the application.
-	 */
-	if (SPI_execute_plan(paused ?
-						 taskq_prepare(&hold_plan,
-									   "UPDATE taskq.tasks SET held = true"
-									   " WHERE status OPERATOR(pg_catalog.=) 'queued' AND NOT held"
-									   "   AND queue OPERATOR(pg_catalog.=) $1",
-									   1, types) :
-						 taskq_prepare(&release_plan,
-									   "UPDATE taskq.tasks SET held = false"
-									   " WHERE held AND queue OPERATOR(pg_catalog.=) $1",
-									   1, types),
-						 values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: could not hold or release the tasks of queue \"%s\"", queue);
 	taskq_restore_user(&save);
 	SPI_finish();
 	if (!paused)

@@ -21,7 +21,6 @@ CREATE TABLE plain.tasks (
     worker_pid   int,
     owner        regrole NOT NULL,
     status       plain.status NOT NULL DEFAULT 'queued',
-    held         boolean NOT NULL DEFAULT false,
     run_at       timestamptz NOT NULL,
     enqueued_at  timestamptz NOT NULL DEFAULT now(),
     started_at   timestamptz,
@@ -41,13 +40,13 @@ CREATE TABLE plain.tasks (
 ALTER SEQUENCE plain.tasks_id_seq OWNED BY plain.tasks.id;
 
 CREATE INDEX tasks_due_idx ON plain.tasks (priority DESC, run_at, id)
-    WHERE status = 'queued' AND NOT held;
+    WHERE status = 'queued';
 CREATE UNIQUE INDEX tasks_dedupe_idx ON plain.tasks (handler, dedupe_key)
     WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running', 'dispatched');
 CREATE INDEX tasks_inflight_idx ON plain.tasks (lease_until)
     WHERE status = 'dispatched';
-CREATE INDEX tasks_held_idx ON plain.tasks (queue)
-    WHERE held;
+CREATE INDEX tasks_scheduled_idx ON plain.tasks (run_at)
+    WHERE status = 'queued';
 CREATE INDEX tasks_expiry_idx ON plain.tasks (expires_at)
     WHERE status = 'queued' AND expires_at IS NOT NULL;
 CREATE INDEX tasks_finished_idx ON plain.tasks (finished_at)
@@ -81,7 +80,7 @@ BEGIN
     FOR r IN
         DELETE FROM plain.tasks WHERE id IN (
             SELECT id FROM plain.tasks
-            WHERE status = 'queued' AND NOT held AND run_at <= now()
+            WHERE status = 'queued' AND run_at <= now()
             ORDER BY priority DESC, run_at, id
             FOR UPDATE SKIP LOCKED LIMIT p_batch)
         RETURNING handler, payload

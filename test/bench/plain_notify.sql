@@ -25,7 +25,7 @@ BEGIN
                    started_at = now(), lease_until = clock_timestamp() + interval '1 min'
             WHERE t.id IN (
                 SELECT id FROM plain.tasks
-                WHERE status = 'queued' AND NOT held AND run_at <= now()
+                WHERE status = 'queued' AND run_at <= now()
                 ORDER BY priority DESC, run_at, id
                 FOR UPDATE SKIP LOCKED LIMIT p_batch)
             RETURNING t.id, t.handler, t.queue, t.attempts, t.priority, t.payload, t.metadata

@@ -49,10 +49,10 @@ BEGIN
     WHILE done < p_total LOOP
         IF p_target = 'taskq' THEN
             SELECT count(*) INTO queued FROM (SELECT 1 FROM taskq.tasks
-                WHERE status = 'queued' AND NOT held LIMIT p_max_queued) q;
+                WHERE status = 'queued' LIMIT p_max_queued) q;
         ELSE
             SELECT count(*) INTO queued FROM (SELECT 1 FROM plain.tasks
-                WHERE status = 'queued' AND NOT held LIMIT p_max_queued) q;
+                WHERE status = 'queued' LIMIT p_max_queued) q;
         END IF;
         IF queued + p_chunk <= p_max_queued THEN
             IF p_target = 'taskq' THEN

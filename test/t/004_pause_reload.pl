@@ -103,28 +103,6 @@ is( sql(q{SELECT string_agg(label, ' ' ORDER BY seq) FROM runs}),
 	'fast-1 fast-2 slow-1 slow-2',
 	'the paused tasks ran after resume, in order');
 
-# The two states a race between enqueue and pause/resume can leave, made
-# by hand (the races are too narrow to provoke): a paused queue's task
-# that is not held still waits, since claims exclude paused queues by
-# name; a task held in a queue that is not paused is released by the next
-# maintenance and runs.
-sql("SELECT taskq.pause('slow')");
-my $u = enqueue('slow-3', "queue => 'slow'");
-is(sql("SELECT held FROM taskq.tasks WHERE id = $u"), 't', 'a task enqueued into a paused queue is held');
-sql("UPDATE taskq.tasks SET held = false WHERE id = $u");
-ok(wait_past_enqueue($u, 1), 'a second has passed since the unheld task was enqueued');
-is(sql("SELECT status FROM taskq.tasks WHERE id = $u"), 'queued',
-	'a task of a paused queue that is not held still waits');
-sql("SELECT taskq.resume('slow')");
-ok(wait_status($u, 'completed'), 'it runs after resume');
-sql(q{BEGIN;
-SELECT taskq.enqueue('record', '{"label": "lonely-1"}', queue => 'lonely');
-UPDATE taskq.tasks SET held = true WHERE queue = 'lonely';
-COMMIT;});
-my $h = sql(q{SELECT id FROM taskq.tasks WHERE queue = 'lonely'});
-ok(wait_status($h, 'completed'), 'a task held in a queue that is not paused is released and runs');
-is(sql("SELECT held FROM taskq.tasks WHERE id = $h"), 'f', 'it is no longer held');
-
 # ---------------------------------------------------------------------
 # taskq.enabled = off on reload
 # ---------------------------------------------------------------------
