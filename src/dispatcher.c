@@ -296,8 +296,8 @@ reap_orphans(void)
 {
 	uint64		i;
 	int64		suspects[64];
-	int			nsuspects = taskq_list_suspects(MyDatabaseId, suspects, lengthof(suspects));
-	Datum	   *elems = palloc(sizeof(Datum) * Max(nsuspects, 1));
+	int			nsuspects;
+	Datum	   *elems;
 	Oid			types[1] = {INT8ARRAYOID};
 	Datum		values[1];
 	int64		charged[64];
@@ -332,13 +332,15 @@ reap_orphans(void)
 		" WHERE t.id OPERATOR(pg_catalog.=) o.id"
 		" RETURNING t.id, o.suspect, t.status::pg_catalog.text, t.queue, t.handler, o.charge";
 
+	exits = taskq_dispatcher_exits();	/* before the scan: later exits reap again */
+	if (reaped && exits == exits_reaped)
+		return;
+	nsuspects = taskq_list_suspects(MyDatabaseId, suspects, lengthof(suspects));
+	elems = palloc(sizeof(Datum) * Max(nsuspects, 1));
 	for (i = 0; i < (uint64) nsuspects; i++)
 		elems[i] = Int64GetDatum(suspects[i]);
 	values[0] = PointerGetDatum(construct_array(elems, nsuspects, INT8OID, sizeof(int64),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	exits = taskq_dispatcher_exits();	/* before the scan: later exits reap again */
-	if (reaped && exits == exits_reaped)
-		return;
 	ret = SPI_execute_plan(taskq_prepare(&reap_plan, sql, 1, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: reaping orphaned tasks failed: %s", SPI_result_code_string(ret));
@@ -515,7 +517,7 @@ static struct
 	" UPDATE taskq.tasks t SET" \
 	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
 	"    THEN 'expired' ELSE 'running' END::taskq.status," \
-	"  worker_pid = $2, started_at = pg_catalog.now()," \
+	"  worker_pid = $1, started_at = pg_catalog.now()," \
 	"  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
 	"    THEN pg_catalog.now() END" \
 	" FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id" \
@@ -527,13 +529,25 @@ static struct
 /*
  * The claim statements have the batch size written in (a LIMIT parameter
  * would make the generic plan guess a tenth of the table and hash-join
- * it; $1 stays in their parameter lists, unused, so that the three number
- * their parameters alike).  They run with generic plans, planned again
- * when the batch size changes and at each maintenance, so that a plan made
- * while the table was small does not outlive its growth until the next
- * ANALYZE.
+ * it).  $1 is our pid; a filter's parameters follow.  The plain and the
+ * cursor claims run with generic plans, planned again when the batch size
+ * changes and at each maintenance, so that a plan made while the table
+ * was small does not outlive its growth until the next ANALYZE.
  */
 static int	claim_plans_batch = 0;
+
+/* The claim with this filter, prepared once into *cache. */
+static SPIPlanPtr
+claim_statement(SPIPlanPtr *cache, const char *filter, int nargs, Oid *types, bool generic)
+{
+	char	   *sql;
+
+	if (*cache != NULL)
+		return *cache;
+	sql = psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL, filter, taskq_batch_size);
+	return generic ? taskq_prepare_generic(cache, sql, nargs, types) :
+		taskq_prepare_custom(cache, sql, nargs, types);
+}
 
 static void
 forget_claim_plans(void)
@@ -559,9 +573,9 @@ forget_claim_plans(void)
 static int
 claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 {
-	Oid			types[4] = {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID};
-	Oid			cursor_types[5] = {INT4OID, INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
-	Datum		values[5];
+	Oid			types[3] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID};
+	Oid			cursor_types[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Datum		values[4];
 	SPIPlanPtr	plan;
 	int			exclusions;
 	TaskqTask  *tasks;
@@ -579,8 +593,7 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 		return -1;
 	}
 	cancel_seen = taskq_cancel_generation();
-	values[0] = Int32GetDatum(taskq_batch_size);	/* $1: unused, see above */
-	values[1] = Int32GetDatum(MyProcPid);
+	values[0] = Int32GetDatum(MyProcPid);
 
 	/*
 	 * Paused queues and disabled handlers are rare.  Without any, the claim
@@ -600,10 +613,10 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	{
 		bool		isnull;
 
-		values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		values[3] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		exclusions = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[2])), ARR_DIMS(DatumGetArrayTypeP(values[2]))) +
-			ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[3])), ARR_DIMS(DatumGetArrayTypeP(values[3])));
+		values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		exclusions = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[1])), ARR_DIMS(DatumGetArrayTypeP(values[1]))) +
+			ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[2])), ARR_DIMS(DatumGetArrayTypeP(values[2])));
 	}
 	if (claim_plans_batch != taskq_batch_size)
 		forget_claim_plans();
@@ -611,38 +624,24 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	if (exclusions == 0 && cursor.valid &&
 		!TimestampDifferenceExceeds(cursor.since, GetCurrentTimestamp(), CURSOR_MS))
 	{
-		values[2] = Int32GetDatum(cursor.priority);
-		values[3] = TimestampTzGetDatum(cursor.run_at);
-		values[4] = Int64GetDatum(cursor.id);
-		plan = claim_cursor_plan;
-		if (plan == NULL)
-			plan = taskq_prepare_generic(&claim_cursor_plan,
-										 psprintf(CLAIM_SQL_HEAD
-												  "   AND t.priority OPERATOR(pg_catalog.=) $3"
-												  "   AND ROW(t.run_at, t.id) OPERATOR(pg_catalog.>) ROW($4, $5)"
-												  CLAIM_SQL_TAIL, taskq_batch_size),
-										 5, cursor_types);
+		values[1] = Int32GetDatum(cursor.priority);
+		values[2] = TimestampTzGetDatum(cursor.run_at);
+		values[3] = Int64GetDatum(cursor.id);
+		plan = claim_statement(&claim_cursor_plan,
+							   "   AND t.priority OPERATOR(pg_catalog.=) $2"
+							   "   AND ROW(t.run_at, t.id) OPERATOR(pg_catalog.>) ROW($3, $4)",
+							   4, cursor_types, true);
 	}
 	else if (exclusions == 0)
 	{
 		cursor.since = GetCurrentTimestamp();
-		plan = claim_plan;
-		if (plan == NULL)
-			plan = taskq_prepare_generic(&claim_plan,
-										 psprintf(CLAIM_SQL_HEAD CLAIM_SQL_TAIL, taskq_batch_size),
-										 2, types);
+		plan = claim_statement(&claim_plan, "", 1, types, true);
 	}
 	else
-	{
-		plan = claim_excluding_plan;
-		if (plan == NULL)
-			plan = taskq_prepare_custom(&claim_excluding_plan,
-										psprintf(CLAIM_SQL_HEAD
-												 "   AND t.queue OPERATOR(pg_catalog.<>) ALL ($3)"
-												 "   AND t.handler OPERATOR(pg_catalog.<>) ALL ($4)"
-												 CLAIM_SQL_TAIL, taskq_batch_size),
-										4, types);
-	}
+		plan = claim_statement(&claim_excluding_plan,
+							   "   AND t.queue OPERATOR(pg_catalog.<>) ALL ($2)"
+							   "   AND t.handler OPERATOR(pg_catalog.<>) ALL ($3)",
+							   3, types, false);
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: claiming tasks failed");
 
@@ -770,14 +769,15 @@ record_success(TaskqTask *task, TaskqOutcome *out)
 
 	if (taskq_retention == 0 && strcmp(out->status, "completed") == 0)
 	{
+		Oid			remove_types[2] = {INT8OID, INT4OID};
+
 		values[0] = Int64GetDatum(task->id);
 		values[1] = Int32GetDatum(MyProcPid);
-		types[1] = INT4OID;
 		if (SPI_execute_plan(taskq_prepare(&remove_plan,
 										   "DELETE FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) $1"
 										   " AND status::pg_catalog.text OPERATOR(pg_catalog.=) 'running'"
 										   " AND worker_pid OPERATOR(pg_catalog.=) $2",
-										   2, types),
+										   2, remove_types),
 							 values, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "taskq: removing completed task " INT64_FORMAT " failed", task->id);
 		return SPI_processed == 1;

@@ -40,7 +40,6 @@ static SPIPlanPtr lock_plan = NULL;
 static SPIPlanPtr cancel_plan = NULL;
 static SPIPlanPtr retry_plan = NULL;
 static SPIPlanPtr live_dupe_plan = NULL;
-static SPIPlanPtr ack_plan = NULL;
 static SPIPlanPtr nack_plan = NULL;
 static SPIPlanPtr lock_many_plan = NULL;
 static SPIPlanPtr ack_many_plan = NULL;
@@ -93,6 +92,17 @@ check_task_privilege(Oid caller, const LockedTask *t, bool handler_owner_may, co
 					   GetUserNameFromId(t->owner, true) ? GetUserNameFromId(t->owner, true) : "?")));
 }
 
+static void task_not_found(int64 id) pg_attribute_noreturn();
+
+static void
+task_not_found(int64 id)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("task " INT64_FORMAT " does not exist", id),
+			 errhint("Ended tasks are removed after taskq.retention.")));
+}
+
 /*
  * Lock a task and check that the caller may act on it.  Runs as the owner
  * of taskq.tasks (the caller's own privileges are checked by role).
@@ -118,10 +128,7 @@ lock_task(int64 id, Oid caller, bool handler_owner_may, const char *action, Lock
 						 values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.tasks");
 	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("task " INT64_FORMAT " does not exist", id),
-				 errhint("Ended tasks are removed after taskq.retention.")));
+		task_not_found(id);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	t->id = id;
@@ -291,60 +298,21 @@ taskq_retry(PG_FUNCTION_ARGS)
 }
 
 /*
- * taskq.ack(id, result): a dispatched notify task is completed.
+ * Complete the dispatched tasks among ids, storing the call's result
+ * (argument 1): ack() and ack_many().  ack_many() lets a listener
+ * acknowledge what it has received so far in one transaction (one WAL
+ * flush) instead of one each.  The tasks are locked in id order, so that
+ * two callers cannot deadlock; a task the caller may not acknowledge fails
+ * the whole call before anything is written.  Returns the ids that were
+ * awaiting an acknowledgement and are now completed, in id order; the
+ * others (unknown, not dispatched) are left as they are, except that with
+ * must_exist (ack() of that one id) an unknown id is an error.
  */
-Datum
-taskq_ack(PG_FUNCTION_ARGS)
-{
-	int64		id = id_arg(fcinfo);
-	Oid			caller = taskq_caller();
-	TaskqAsOwner save;
-	LockedTask	t;
-	bool		done = false;
-	Oid			types[2] = {INT8OID, JSONBOID};
-	Datum		values[2];
-	char		nulls[2] = {' ', ' '};
-
-	SPI_connect();
-	taskq_become_owner(&save);
-	lock_task(id, caller, true, "acknowledge", &t);
-	if (status_is(&t, "dispatched", NULL, NULL))
-	{
-		values[0] = Int64GetDatum(id);
-		values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
-		nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
-		if (SPI_execute_plan(taskq_prepare(&ack_plan,
-										   "UPDATE taskq.tasks SET status = 'completed', result = $2,"
-										   " finished_at = pg_catalog.now(), lease_until = NULL"
-										   " WHERE id OPERATOR(pg_catalog.=) $1",
-										   2, types),
-							 values, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "taskq: could not acknowledge task " INT64_FORMAT, id);
-		taskq_count_outcome(MyDatabaseId, t.queue, t.handler, 1, 0, 0);
-		done = true;
-	}
-	taskq_restore_user(&save);
-	SPI_finish();
-	PG_RETURN_BOOL(done);
-}
-
-/*
- * taskq.ack_many(ids, result): ack() for many tasks in one statement, for
- * a listener that acknowledges what it has received so far in one
- * transaction (one WAL flush) instead of one each.  The tasks are locked in
- * id order, so that two callers cannot deadlock; a task the caller may not
- * acknowledge fails the whole call before anything is written.  Returns
- * the ids that were awaiting an acknowledgement and are now completed, in
- * id order; the others (unknown, not dispatched) are left as they are.
- */
-Datum
-taskq_ack_many(PG_FUNCTION_ARGS)
+static ArrayType *
+acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
 {
 	Oid			caller = taskq_caller();
 	TaskqAsOwner save;
-	Datum	   *elems;
-	bool	   *elem_nulls;
-	int			nelems;
 	int			i;
 	int			nacked = 0;
 	Datum	   *acked;
@@ -356,23 +324,9 @@ taskq_ack_many(PG_FUNCTION_ARGS)
 	ArrayType  *result;
 	MemoryContext callctx = CurrentMemoryContext;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("task ids must not be NULL"),
-				 errhint("Pass an array of the ids of the notify messages received.")));
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
-					  TYPALIGN_DOUBLE, &elems, &elem_nulls, &nelems);
-	for (i = 0; i < nelems; i++)
-		if (elem_nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("task ids must not contain NULL (element %d is NULL)", i + 1),
-					 errhint("Pass an array of the ids of the notify messages received.")));
-
 	SPI_connect();
 	taskq_become_owner(&save);
-	values[0] = PG_GETARG_DATUM(0);
+	values[0] = PointerGetDatum(ids);
 	if (SPI_execute_plan(taskq_prepare(&lock_many_plan,
 									   "SELECT t.id, t.status::pg_catalog.text, t.owner::pg_catalog.oid,"
 									   " h.owner::pg_catalog.oid, t.handler, t.queue"
@@ -383,6 +337,8 @@ taskq_ack_many(PG_FUNCTION_ARGS)
 									   1, types),
 						 values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.tasks");
+	if (must_exist != NULL && SPI_processed == 0)
+		task_not_found(*must_exist);
 
 	acked = MemoryContextAlloc(callctx, sizeof(Datum) * Max(SPI_processed, 1));
 	queues = MemoryContextAlloc(callctx, sizeof(char *) * Max(SPI_processed, 1));
@@ -428,7 +384,48 @@ taskq_ack_many(PG_FUNCTION_ARGS)
 	}
 	taskq_restore_user(&save);
 	SPI_finish();
-	PG_RETURN_ARRAYTYPE_P(result);
+	return result;
+}
+
+Datum
+taskq_ack_many(PG_FUNCTION_ARGS)
+{
+	Datum	   *elems;
+	bool	   *elem_nulls;
+	int			nelems;
+	int			i;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("task ids must not be NULL"),
+				 errhint("Pass an array of the ids of the notify messages received.")));
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &elems, &elem_nulls, &nelems);
+	for (i = 0; i < nelems; i++)
+		if (elem_nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("task ids must not contain NULL (element %d is NULL)", i + 1),
+					 errhint("Pass an array of the ids of the notify messages received.")));
+	PG_RETURN_ARRAYTYPE_P(acknowledge(PG_GETARG_ARRAYTYPE_P(0), fcinfo, NULL));
+}
+
+/*
+ * taskq.ack(id, result): ack_many() of one task, except that an unknown id
+ * is an error.  True if the task was awaiting an acknowledgement.
+ */
+Datum
+taskq_ack(PG_FUNCTION_ARGS)
+{
+	int64		id = id_arg(fcinfo);
+	Datum		elem = Int64GetDatum(id);
+	ArrayType  *acked;
+
+	acked = acknowledge(construct_array(&elem, 1, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+										TYPALIGN_DOUBLE),
+						fcinfo, &id);
+	PG_RETURN_BOOL(ArrayGetNItems(ARR_NDIM(acked), ARR_DIMS(acked)) > 0);
 }
 
 /*

@@ -280,6 +280,36 @@ cmp_ok($nap_delay // 1e9, '<', 1000,
 	'the traced dispatch delay does not include the handler\'s run time');
 
 # ---------------------------------------------------------------------
+# Still with poll_interval = 1h: an idle dispatcher sleeps until the next
+# thing it knows of becomes due, not for the hour.  A task due in 1 s, a
+# retry after its backoff, and a notify task's lease running out (nobody
+# listens; ack_timeout 1 s, one attempt) must all be handled in seconds.
+# ---------------------------------------------------------------------
+$node->append_conf('postgresql.conf', "taskq.ack_timeout = '1s'\n");
+$node->reload;
+ok($node->poll_query_until('postgres', "SELECT current_setting('taskq.ack_timeout') = '1s'"),
+	'taskq.ack_timeout = 1s after a reload');
+sql(q{CREATE FUNCTION public.fail(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+      BEGIN RAISE EXCEPTION 'no'; END $$});
+sql(q{SELECT taskq.register_handler('fail', 'public.fail(jsonb)')});
+sql(q{SELECT taskq.register_handler('unheard', 'nobody_listens', kind => 'notify', max_attempts => 1)});
+# One at a time, so that no other task's wake-up stands in for the one
+# under test.
+my $deadline = "clock_timestamp() < enqueued_at + interval '20 s'";
+my $soon = enqueue('soon', "run_after => '1s'");
+ok($node->poll_query_until('postgres',
+		"SELECT status = 'completed' AND $deadline FROM taskq.tasks WHERE id = $soon"),
+	'1 h poll: a task due in 1 s runs within seconds');
+my $retried = sql(q{SELECT taskq.enqueue('fail', '{}', max_attempts => 2)});
+ok($node->poll_query_until('postgres',
+		"SELECT status = 'failed' AND attempts = 2 AND $deadline FROM taskq.tasks WHERE id = $retried"),
+	'1 h poll: a failed attempt is retried after its backoff, within seconds');
+my $unheard = sql(q{SELECT taskq.enqueue('unheard', '{}')});
+ok($node->poll_query_until('postgres',
+		"SELECT status = 'failed' AND $deadline FROM taskq.tasks WHERE id = $unheard"),
+	'1 h poll: a notify lease that runs out is handled within seconds');
+
+# ---------------------------------------------------------------------
 # Retention.  With the default (1d) an ended task stays; with 0 a
 # completed task is deleted in the transaction that records it (its
 # handler's effect stays), and a failed one by the next maintenance pass.
@@ -317,9 +347,6 @@ is(sql("SELECT count(*) FROM runs WHERE label LIKE 'gone-%'"),
 	'retention 0: each of those tasks ran once');
 cmp_ok(sql("SELECT sum(completed_since_start) FROM taskq.stats WHERE handler = 'record'"),
 	'>', $done_before, 'retention 0: the deleted task is still counted in taskq.stats');
-sql(q{CREATE FUNCTION public.fail(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
-      BEGIN RAISE EXCEPTION 'no'; END $$});
-sql(q{SELECT taskq.register_handler('fail', 'public.fail(jsonb)')});
 my $failed = sql(q{SELECT taskq.enqueue('fail', '{}', max_attempts => 1)});
 ok($node->poll_query_until('postgres',
 		"SELECT NOT EXISTS (SELECT 1 FROM taskq.tasks WHERE id = $failed)"),
