@@ -7,11 +7,17 @@
 -- nothing, so no task changes state behind a test's back.
 --
 
--- taskq installs into its own schema, taskq
+-- taskq installs into its own schema, taskq, which the extension creates
+-- and owns (the extension itself is recorded in pg_catalog, as pg_cron's)
 CREATE EXTENSION taskq;
-SELECT e.extname, e.extversion, n.nspname AS schema, e.extrelocatable
+SELECT e.extname, e.extversion, n.nspname AS recorded_in, e.extrelocatable
 FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 WHERE e.extname = 'taskq';
+SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS member
+FROM pg_depend d
+WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+  AND d.classid = 'pg_namespace'::regclass
+  AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'taskq');
 
 -- the SQL API: every function, with its number of arguments and result
 SELECT p.proname, p.pronargs, pg_get_function_result(p.oid) AS returns

@@ -259,6 +259,29 @@ extension_present(void)
 	return OidIsValid(get_extension_oid("taskq", true));
 }
 
+/*
+ * Leave unless the database's taskq objects are the version this library
+ * serves: after the library is upgraded and before ALTER EXTENSION taskq
+ * UPDATE, the old objects would fail our statements in a loop.  The
+ * version found goes into our slot for the launcher's one log line; the
+ * update's _wake_launcher() starts us again.  Checked when we start and
+ * at each maintenance, in an open transaction.
+ */
+static void
+check_extension_version(void)
+{
+	char	   *found = taskq_extension_version();
+
+	if (found == NULL)
+		exit_because(TASKQ_EXIT_NO_EXTENSION);
+	if (strcmp(found, TASKQ_VERSION) == 0)
+		return;
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	strlcpy(my_slot->last_error, found, sizeof(my_slot->last_error));
+	LWLockRelease(taskq_lock());
+	exit_because(TASKQ_EXIT_WRONG_VERSION);
+}
+
 /* ----------------------------------------------------------------
  * Maintenance
  * ----------------------------------------------------------------
@@ -1049,11 +1072,7 @@ work(void)
 									   Min(MAINTENANCE_MS, taskq_poll_interval)))
 		{
 			begin_tx("taskq: maintenance");
-			if (!extension_present())
-			{
-				commit_tx(false);
-				exit_because(TASKQ_EXIT_NO_EXTENSION);
-			}
+			check_extension_version();
 			maintenance();
 			commit_tx(true);
 			next_lease_expiry = DT_NOEND;
@@ -1141,6 +1160,7 @@ taskq_dispatcher_main(Datum arg)
 	batch_ctx = AllocSetContextCreate(TopMemoryContext, "taskq batch", ALLOCSET_DEFAULT_SIZES);
 	StartTransactionCommand();
 	strlcpy(my_dbname, get_database_name(MyDatabaseId), sizeof(my_dbname));
+	check_extension_version();
 	CommitTransactionCommand();
 	elog(DEBUG1, "taskq dispatcher %d started in database \"%s\"", my_slot->index, my_dbname);
 

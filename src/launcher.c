@@ -114,6 +114,33 @@ log_once(const char *key, const char *fmt, const char *dbname)
 	ereport(LOG, (errmsg(fmt, dbname)));
 }
 
+/*
+ * The line for a database whose taskq objects are at another version than
+ * this library serves; "%s" stays for the database's name.
+ */
+static const char *
+wrong_version_message(const char *found)
+{
+	return psprintf("taskq: extension taskq in database \"%%s\" is at version %s, but the installed library serves version %s; "
+					"its dispatchers wait, and start when ALTER EXTENSION taskq UPDATE runs there",
+					found, TASKQ_VERSION);
+}
+
+/* Forget the version lines logged for a database (its version changed). */
+static void
+forget_version_problems(Oid dboid)
+{
+	ListCell   *lc;
+	char		prefix[32];
+
+	snprintf(prefix, sizeof(prefix), "version:%u:", dboid);
+	foreach(lc, logged_problems)
+	{
+		if (strncmp((char *) lfirst(lc), prefix, strlen(prefix)) == 0)
+			logged_problems = foreach_delete_current(logged_problems, lc);
+	}
+}
+
 static void
 forget_problem(const char *key)
 {
@@ -329,7 +356,12 @@ dispatcher_stopped(Wanted *w)
 	TimestampTz ran_since = s->started_at;
 	TimestampTz now = GetCurrentTimestamp();
 	char		key[64];
+	char		version_key[64 + sizeof(s->last_error)];
 	int64		delay;
+
+	/* a dispatcher that left for its version wrote the version it found */
+	snprintf(version_key, sizeof(version_key), "version:%u:%s", w->dboid,
+			 reason == TASKQ_EXIT_WRONG_VERSION ? s->last_error : "");
 
 	free_slot(w->slot);
 	w->slot = -1;
@@ -343,6 +375,13 @@ dispatcher_stopped(Wanted *w)
 		case TASKQ_EXIT_NO_EXTENSION:
 			if (w->index == 0)
 				log_once(key, "taskq: extension taskq is not installed in database \"%s\"; its dispatchers start when CREATE EXTENSION taskq runs there",
+						 database_name(w->dboid));
+			delay = RETRY_NO_EXTENSION_MS;
+			w->failures = 0;
+			break;
+		case TASKQ_EXIT_WRONG_VERSION:
+			if (w->index == 0)
+				log_once(version_key, wrong_version_message(s->last_error),
 						 database_name(w->dboid));
 			delay = RETRY_NO_EXTENSION_MS;
 			w->failures = 0;
@@ -362,6 +401,8 @@ dispatcher_stopped(Wanted *w)
 	}
 	if (reason != TASKQ_EXIT_NO_EXTENSION)
 		forget_problem(key);
+	if (reason != TASKQ_EXIT_WRONG_VERSION)
+		forget_version_problems(w->dboid);
 	w->last_exit = reason;
 	w->next_start = TimestampTzPlusMilliseconds(now, delay);
 }
@@ -433,7 +474,8 @@ reconcile(void)
 			Wanted	   *w = find_wanted(dboid, i);
 
 			w->seen = true;
-			if (ext_created && w->last_exit == TASKQ_EXIT_NO_EXTENSION)
+			if (ext_created && (w->last_exit == TASKQ_EXIT_NO_EXTENSION ||
+								w->last_exit == TASKQ_EXIT_WRONG_VERSION))
 				w->next_start = 0;
 		}
 	}

@@ -6,6 +6,7 @@
  * taskq is split by responsibility:
  *
  *	taskq.c       _PG_init and the GUCs
+ *	common.c      helpers every SQL-facing file shares (calls no other file)
  *	shmem.c       shared state: worker slots, wake-ups, crash suspects, counters
  *	enqueue.c     option resolution, validation, policies, the outbox insert
  *	handlers.c    the handler registry
@@ -34,6 +35,7 @@
 #include "utils/jsonb.h"
 
 #define TASKQ_SCHEMA			"taskq"
+#define TASKQ_VERSION			"0.2"	/* the SQL objects this library serves */
 #define TASKQ_NAME_MAXLEN		63	/* handler and queue names, like identifiers */
 #define TASKQ_PRIORITY_MIN		(-100)
 #define TASKQ_PRIORITY_MAX		100
@@ -108,6 +110,7 @@ typedef enum TaskqExitReason
 {
 	TASKQ_EXIT_NONE,			/* still running, or died without saying */
 	TASKQ_EXIT_NO_EXTENSION,	/* CREATE EXTENSION taskq has not run there */
+	TASKQ_EXIT_WRONG_VERSION,	/* its SQL objects are not TASKQ_VERSION */
 	TASKQ_EXIT_DATABASE_BUSY,	/* DROP/CREATE DATABASE wants it gone */
 	TASKQ_EXIT_ERROR			/* an error; back off */
 } TaskqExitReason;
@@ -172,11 +175,11 @@ extern void taskq_count_outcome(Oid dboid, const char *queue, const char *handle
 extern int	taskq_read_counters(Oid dboid, Tuplestorestate *store, TupleDesc desc);
 
 /* ----------------------------------------------------------------
- * Common SQL helpers (enqueue.c)
+ * Common SQL helpers (common.c)
  * ----------------------------------------------------------------
  */
 
-/* Runs SPI as the owner of taskq.tasks; see enqueue.c. */
+/* Runs SPI as the owner of taskq.tasks; see common.c. */
 typedef struct TaskqAsOwner
 {
 	Oid			save_userid;
@@ -192,6 +195,7 @@ extern SPIPlanPtr taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int 
 extern void taskq_check_name(const char *what, const char *value);
 extern int64 taskq_interval_ms(const char *what, Interval *iv, bool allow_zero);
 extern const char *taskq_mode_name(int mode);
+extern char *taskq_extension_version(void);
 
 /* Monitoring and SRF plumbing (monitor.c) */
 extern void taskq_materialize(FunctionCallInfo fcinfo, Tuplestorestate **store, TupleDesc *desc);

@@ -1,0 +1,52 @@
+-- taskq 0.1 -> 0.2.
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION taskq UPDATE TO '0.2'" to load this file. \quit
+
+-- This file is also the second half of the 0.2 install script
+-- (sql/taskq--0.2.sql is built from taskq--0.1.sql and this file; see the
+-- Makefile), so every statement here must be right on a fresh install as
+-- on a 0.1 database being updated.
+
+------------------------------------------------------------------------
+-- The extension owns its schema.
+--
+-- 0.1 named the schema in its control file, so CREATE EXTENSION made
+-- schema taskq outside the extension (or used one that someone else had
+-- made), and DROP EXTENSION left it behind.  From 0.2 the extension is
+-- recorded in pg_catalog and schema taskq is one of its members.  A
+-- fresh 0.2 install created the schema in its own script; a 0.1 database
+-- has it adopted here.  The schema that holds an extension cannot be its
+-- member, so the extension's record moves to pg_catalog first (this
+-- script runs as a superuser: taskq.control says superuser = true).
+------------------------------------------------------------------------
+DO $adopt$
+DECLARE
+    ext pg_catalog.oid;
+    sch pg_catalog.oid := pg_catalog.to_regnamespace('taskq');
+BEGIN
+    SELECT e.oid INTO ext FROM pg_catalog.pg_extension e
+     WHERE e.extname OPERATOR(pg_catalog.=) 'taskq';
+    IF EXISTS (SELECT FROM pg_catalog.pg_depend d
+                WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+                  AND d.objid OPERATOR(pg_catalog.=) sch
+                  AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+                  AND d.refobjid OPERATOR(pg_catalog.=) ext
+                  AND d.deptype OPERATOR(pg_catalog.=) 'e') THEN
+        RETURN;                 -- a fresh install: the schema is ours already
+    END IF;
+    UPDATE pg_catalog.pg_extension
+       SET extnamespace = 'pg_catalog'::pg_catalog.regnamespace
+     WHERE oid OPERATOR(pg_catalog.=) ext;
+    -- pg_catalog is pinned: an extension in it records no dependency.
+    DELETE FROM pg_catalog.pg_depend d
+     WHERE d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_extension'::pg_catalog.regclass
+       AND d.objid OPERATOR(pg_catalog.=) ext
+       AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
+       AND d.refobjid OPERATOR(pg_catalog.=) sch;
+    ALTER EXTENSION taskq ADD SCHEMA taskq;
+END
+$adopt$;
+
+-- Dispatchers that found this database at another version wait for this
+-- update; start them again as soon as it commits.  (Keep this last.)
+SELECT taskq._wake_launcher();

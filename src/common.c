@@ -1,0 +1,202 @@
+/*-------------------------------------------------------------------------
+ *
+ * common.c
+ *	  The small helpers that every SQL-facing file shares: who the caller
+ *	  is, acting as the extension's owner, prepared plans kept per backend,
+ *	  name and interval checks, and the version of the extension's SQL
+ *	  objects.  It calls no other file of taskq, so any file may call it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "taskq.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/indexing.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_extension.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+
+
+/* The role on whose behalf the current SQL call runs. */
+Oid
+taskq_caller(void)
+{
+	return GetUserId();
+}
+
+/*
+ * Switch to the owner of taskq.tasks for the API's own statements.  The
+ * owner is looked up each time: it changes with DROP/CREATE EXTENSION.
+ */
+void
+taskq_become_owner(TaskqAsOwner *save)
+{
+	Oid			nsp = get_namespace_oid(TASKQ_SCHEMA, true);
+	Oid			rel = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
+	Oid			owner;
+	HeapTuple	tup;
+
+	if (!OidIsValid(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("taskq is not installed in this database"),
+				 errhint("Run CREATE EXTENSION taskq.")));
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(rel));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", rel);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	GetUserIdAndSecContext(&save->save_userid, &save->save_sec_context);
+	SetUserIdAndSecContext(owner, save->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+taskq_restore_user(TaskqAsOwner *save)
+{
+	SetUserIdAndSecContext(save->save_userid, save->save_sec_context);
+}
+
+/*
+ * Prepare and keep a plan once per backend.  Plans survive DROP/CREATE
+ * EXTENSION: the plan cache re-analyses them against the new objects.
+ */
+static SPIPlanPtr prepare_with_options(SPIPlanPtr *cache, const char *sql, int nargs,
+										Oid *argtypes, int options);
+
+SPIPlanPtr
+taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_with_options(cache, sql, nargs, argtypes, 0);
+}
+
+/* The same, for a statement planned anew for its parameter values each time. */
+SPIPlanPtr
+taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_with_options(cache, sql, nargs, argtypes, CURSOR_OPT_CUSTOM_PLAN);
+}
+
+/*
+ * The same, for a statement always run with its generic plan: a hot one,
+ * whose plan does not depend on its parameter values.
+ */
+SPIPlanPtr
+taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	return prepare_with_options(cache, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+}
+
+static SPIPlanPtr
+prepare_with_options(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes, int options)
+{
+	SPIPlanPtr	plan;
+
+	if (*cache != NULL)
+		return *cache;
+	plan = SPI_prepare_cursor(sql, nargs, argtypes, options);
+	if (plan == NULL)
+		elog(ERROR, "taskq: SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	if (SPI_keepplan(plan) != 0)
+		elog(ERROR, "taskq: SPI_keepplan failed");
+	*cache = plan;
+	return plan;
+}
+
+/*
+ * Handler and queue names: 1 to 63 bytes, no control characters.  They
+ * appear in logs, NOTIFY messages and settings, so keep them printable.
+ */
+void
+taskq_check_name(const char *what, const char *value)
+{
+	const unsigned char *s;
+	size_t		len = strlen(value);
+
+	if (len == 0 || len > TASKQ_NAME_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid %s name \"%s\"", what, value),
+				 errdetail("A %s name must be 1 to %d bytes long; this one is %zu.",
+						   what, TASKQ_NAME_MAXLEN, len)));
+	for (s = (const unsigned char *) value; *s; s++)
+		if (*s < 0x20 || *s == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid %s name \"%s\"", what, value),
+					 errdetail("A %s name must not contain control characters.", what)));
+}
+
+/*
+ * An interval as milliseconds (rounded up), refusing negative ones and,
+ * unless allow_zero, zero.  Months count as 30 days, as in Postgres.
+ */
+int64
+taskq_interval_ms(const char *what, Interval *iv, bool allow_zero)
+{
+	int64		us;
+	int64		days = (int64) iv->month * DAYS_PER_MONTH + iv->day;
+	const int64 max_days = (PG_INT64_MAX / USECS_PER_DAY) / 2;
+	char	   *shown = DatumGetCString(DirectFunctionCall1(interval_out, IntervalPGetDatum(iv)));
+
+	if (days > max_days || days < -max_days)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s is out of range: %s", what, shown),
+				 errhint("Use an interval of at most a few years.")));
+	us = days * USECS_PER_DAY + iv->time;
+	if (us < 0 || (us == 0 && !allow_zero))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be %s: %s", what, allow_zero ? "zero or positive" : "positive", shown),
+				 errhint("Use an interval such as '30 seconds'.")));
+	return (us + 999) / 1000;
+}
+
+const char *
+taskq_mode_name(int mode)
+{
+	return mode == TASKQ_MODE_SYNC ? "sync" : "async";
+}
+
+/*
+ * The version of taskq's SQL objects in this database (palloc'd), or NULL
+ * when the extension is not installed.  PostgreSQL 15 has no syscache on
+ * pg_extension, so this scans its name index; callers use it rarely.
+ */
+char *
+taskq_extension_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("taskq"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = text_to_cstring(DatumGetTextPP(d));
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
