@@ -34,6 +34,33 @@ taskq_caller(void)
 }
 
 /*
+ * Refuse to work on SQL objects of another version than this library
+ * serves (a new library installed and the server restarted, ALTER
+ * EXTENSION taskq UPDATE not yet run): its statements would fail on them
+ * in ways that say nothing useful.  Checked once per installation of the
+ * extension in a backend: the outbox's oid changes with DROP/CREATE
+ * EXTENSION, and ALTER EXTENSION UPDATE is the only other way the version
+ * moves, after which the check passes for good.
+ */
+static void
+check_objects_version(Oid tasks_rel)
+{
+	static Oid	checked_rel = InvalidOid;
+	char	   *found;
+
+	if (tasks_rel == checked_rel)
+		return;
+	found = taskq_extension_version();
+	if (found != NULL && strcmp(found, TASKQ_VERSION) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("taskq's SQL objects in this database are at version %s, but the loaded library is %s",
+						found, TASKQ_VERSION),
+				 errhint("Run ALTER EXTENSION taskq UPDATE.")));
+	checked_rel = tasks_rel;
+}
+
+/*
  * Switch to the owner of taskq.tasks for the API's own statements.  The
  * owner is looked up each time: it changes with DROP/CREATE EXTENSION.
  */
@@ -50,6 +77,7 @@ taskq_become_owner(TaskqAsOwner *save)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("taskq is not installed in this database"),
 				 errhint("Run CREATE EXTENSION taskq.")));
+	check_objects_version(rel);
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(rel));
 	if (!HeapTupleIsValid(tup))
 		elog(ERROR, "cache lookup failed for relation %u", rel);

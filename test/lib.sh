@@ -195,3 +195,48 @@ taskq_cluster_stop() {
 		taskq_as_pg "$PG_BINDIR/pg_ctl" -D "$TASKQ_PGDATA" -m immediate -w stop >/dev/null 2>&1 ||
 		true
 }
+
+# The commit that is taskq 0.1 as released; the upgrade test builds it.
+TASKQ_RELEASE_0_1=0975759b681e60bfa80dcc89adbd0c9054192438
+
+# taskq_prepare_upgrade DIR: for test/t/108_upgrade.pl, a copy of this
+# PostgreSQL installation in DIR/pg with the released taskq 0.1 built
+# from git history and installed, and this tree's build staged in
+# DIR/new (lib/, extension/) for the test to install over it, as a
+# package upgrade would.  Everything is left to the server user, who runs
+# the test.  Prints the two paths as "PG NEW"; returns non-zero (with a
+# reason on stderr) when there is no history to build 0.1 from.
+taskq_prepare_upgrade() {
+	local dir=$1 prefix root rel pkglib share stage
+	git -C "$TASKQ_TOP" cat-file -e "$TASKQ_RELEASE_0_1^{commit}" 2>/dev/null || {
+		echo "no git history with taskq 0.1 ($TASKQ_RELEASE_0_1) to build it from" >&2
+		return 1
+	}
+	root=$(dirname "$PG_BINDIR")	# e.g. /usr/lib/postgresql/15
+	prefix=${root%/lib/postgresql/*}	# /usr
+	rel=${root#"$prefix"/}
+	share=$("$PG_CONFIG" --sharedir)
+	local inc=$dir/pg/$(dirname "${PG_INCLUDEDIR#"$prefix"/}")
+	mkdir -p "$dir/pg/$rel" "$dir/pg/${share#"$prefix"/}" "$inc" "$dir/src-0.1" "$dir/new/lib" "$dir/new/extension"
+	# PostgreSQL finds its libraries, share and include directories relative
+	# to its binaries, so a copied tree is a second, independent installation.
+	cp -a "$root/." "$dir/pg/$rel/"
+	cp -a "$share/." "$dir/pg/${share#"$prefix"/}/"
+	cp -a "$PG_INCLUDEDIR" "$inc/"
+	# the copy starts with no taskq: this tree may be installed in the original
+	rm -rf "$dir/pg/$rel/lib/taskq.so" "$dir/pg/$rel/lib/bitcode/taskq"*
+	rm -f "$dir/pg/${share#"$prefix"/}/extension/taskq"*
+	local pgc=$dir/pg/$rel/bin/pg_config
+	git -C "$TASKQ_TOP" archive "$TASKQ_RELEASE_0_1" | tar -x -C "$dir/src-0.1"
+	make -C "$dir/src-0.1" PG_CONFIG="$pgc" >"$dir/build-0.1.log" 2>&1 &&
+		make -C "$dir/src-0.1" PG_CONFIG="$pgc" install >>"$dir/build-0.1.log" 2>&1 || {
+		echo "building taskq 0.1 failed; see $dir/build-0.1.log" >&2
+		tail -n 20 "$dir/build-0.1.log" >&2
+		return 1
+	}
+	pkglib=$("$PG_CONFIG" --pkglibdir)
+	cp "$pkglib/taskq.so" "$dir/new/lib/"
+	cp "$share"/extension/taskq* "$dir/new/extension/"
+	chown -R postgres: "$dir" 2>/dev/null || true
+	echo "$dir/pg/$rel $dir/new"
+}

@@ -1,0 +1,249 @@
+# Upgrade from the released 0.1: a server running taskq 0.1 (built from
+# git history by test/run, in its own PostgreSQL installation) leaves
+# tasks in every state; the 0.2 package is installed over it and the
+# server restarted.  Until ALTER EXTENSION taskq UPDATE the dispatchers
+# wait (one log line) and the API refuses with a hint; the update keeps
+# every task, takes over schema taskq, and dispatch carries on from where
+# 0.1 left it.  An updated database has exactly the objects of a fresh
+# 0.2 install.
+#
+# Later versions extend this test with their own objects: add them to the
+# 0.1 fixture if 0.1 had them, and to what the updated database must do.
+use strict;
+use warnings;
+use File::Copy qw(copy);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use TaskqTest;
+use Test::More;
+
+my ($oldpg, $newfiles) = @ENV{qw(TASKQ_UPGRADE_PG TASKQ_UPGRADE_NEW)};
+unless ($oldpg && $newfiles && -x "$oldpg/bin/postgres")
+{
+	# test/run prepares both; a run without them must not look green
+	fail('test/run prepared a taskq 0.1 installation (TASKQ_UPGRADE_PG)');
+	done_testing();
+	exit;
+}
+
+my $node = PostgreSQL::Test::Cluster->new('upgrade', install_path => $oldpg);
+$node->init;
+$node->append_conf('postgresql.conf', <<'EOC');
+shared_preload_libraries = 'taskq'
+taskq.databases = 'postgres'
+max_worker_processes = 16
+taskq.workers = 2
+taskq.poll_interval = '200ms'
+taskq.ack_timeout = '1h'
+taskq.retry_backoff = '10ms'
+EOC
+$node->start;
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+# ---------------------------------------------------------------------
+# taskq 0.1 at work: tasks in every state.
+# ---------------------------------------------------------------------
+is(sql(q{CREATE EXTENSION taskq; SELECT extversion FROM pg_extension WHERE extname = 'taskq'}),
+	'0.1', 'the old installation creates taskq 0.1');
+sql(<<'EOS');
+CREATE ROLE alice LOGIN;
+CREATE TABLE ctl (hold boolean NOT NULL);          -- the slow handler waits while true
+INSERT INTO ctl VALUES (true);
+CREATE TABLE ledger (id bigint PRIMARY KEY, by_role name NOT NULL);
+GRANT SELECT ON ctl TO alice;
+GRANT INSERT, SELECT ON ledger TO alice;
+CREATE FUNCTION public.book(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger VALUES ((p->>'n')::bigint, current_user);
+    RETURN jsonb_build_object('booked', p->'n');
+END $$;
+CREATE FUNCTION public.slow(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    WHILE (SELECT hold FROM ctl) LOOP PERFORM pg_sleep(0.02); END LOOP;
+    RETURN public.book(p);
+END $$;
+CREATE FUNCTION public.bad(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'bad task %', p->>'n'; END $$;
+SELECT taskq.register_handler('book', 'public.book(jsonb)');
+SELECT taskq.register_handler('slow', 'public.slow(jsonb)', queue => 'slow');
+SELECT taskq.register_handler('bad', 'public.bad(jsonb)', max_attempts => 1);
+SELECT taskq.register_handler('note', 'upgrade_channel', kind => 'notify');
+SELECT taskq.pause('held');
+EOS
+
+my $enq = q{SET ROLE alice;
+  SELECT count(*) FROM taskq.enqueue_many('book',
+    ARRAY(SELECT jsonb_build_object('n', g) FROM generate_series(%d, %d) g)%s)};
+sql(sprintf($enq, 1, 20, ''));                                   # completed
+sql(sprintf($enq, 101, 130, ", queue => 'held'"));               # queued
+sql(q{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 200}', queue => 'held', dedupe_key => 'k200')});
+sql(q{SET ROLE alice; SELECT taskq.enqueue('bad', '{"n": 300}')});        # failed
+sql(q{SET ROLE alice; SELECT taskq.enqueue('note', '{"n": 400}') FROM generate_series(1, 3)}); # dispatched
+sql(q{SET ROLE alice; SELECT taskq.enqueue('slow', '{"n": 500}')});       # running
+sql(q{SET ROLE alice; SELECT taskq.cancel(taskq.enqueue('book', '{"n": 600}', queue => 'held'))}); # cancelled
+
+ok( $node->poll_query_until(
+		'postgres', q{
+    SELECT count(*) FILTER (WHERE status = 'completed') = 20
+       AND count(*) FILTER (WHERE status = 'failed') = 1
+       AND count(*) FILTER (WHERE status = 'dispatched') = 3
+       AND count(*) FILTER (WHERE status = 'running') = 1
+    FROM taskq.tasks}),
+	'0.1 completed, failed, dispatched and is running tasks');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND backend_type = 'taskq dispatcher'}),
+	'the slow handler is inside its loop');
+
+my $rows = q{SELECT id, status, handler, queue, owner, attempts, payload, result, last_error IS NOT NULL
+             FROM taskq.tasks ORDER BY id};
+my $before = sql($rows);
+my %count_before = split /\s+/, sql(q{SELECT status, count(*) FROM taskq.tasks GROUP BY 1 ORDER BY 1});
+note 'before the upgrade: ' . join(', ', map { "$_ $count_before{$_}" } sort keys %count_before);
+
+# ---------------------------------------------------------------------
+# The 0.2 package over it, and a restart.
+# ---------------------------------------------------------------------
+$node->stop;
+my $pkglib = $node->config_data('--pkglibdir');
+my $share  = $node->config_data('--sharedir');
+copy("$newfiles/lib/taskq.so", "$pkglib/taskq.so") or die "copy taskq.so: $!";
+for my $f (glob "$newfiles/extension/*")
+{
+	copy($f, "$share/extension/") or die "copy $f: $!";
+}
+my $log_offset = -s $node->logfile;
+$node->start;
+
+ok( $node->wait_for_log(
+		qr/extension taskq in database "postgres" is at version 0\.1, but the installed library serves version 0\.2; its dispatchers wait/,
+		$log_offset),
+	'the 0.2 library logs that the database is still at 0.1');
+is(sql($rows), $before, 'before the update no task has changed');
+my ($ret, $out, $err) = $node->psql('postgres', q{SELECT taskq.enqueue('book', '{"n": 700}')});
+isnt($ret, 0, 'enqueue() before the update fails');
+like($err, qr/taskq's SQL objects in this database are at version 0\.1, but the loaded library is 0\.2/,
+	'naming both versions');
+like($err, qr/HINT:  Run ALTER EXTENSION taskq UPDATE/, 'with the command to run');
+my $since_start = substr(slurp_file($node->logfile), $log_offset);
+is( () = $since_start =~ /is at version 0\.1, but the installed library/g,
+	1, 'the line is logged once');
+
+# ---------------------------------------------------------------------
+# ALTER EXTENSION taskq UPDATE.
+# ---------------------------------------------------------------------
+sql('ALTER EXTENSION taskq UPDATE');
+is( sql(q{SELECT extversion || ' ' || extnamespace::regnamespace FROM pg_extension WHERE extname = 'taskq'}),
+	'0.2 pg_catalog', 'the database is at 0.2, the extension recorded in pg_catalog');
+is( sql(q{SELECT count(*) FROM pg_depend
+          WHERE classid = 'pg_namespace'::regclass AND objid = 'taskq'::regnamespace
+            AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'taskq') AND deptype = 'e'}),
+	'1', 'schema taskq is now a member of the extension');
+my %count_after = split /\s+/, sql(q{SELECT status, count(*) FROM taskq.tasks GROUP BY 1 ORDER BY 1});
+is_deeply(\%count_after, \%count_before, 'the update kept every task in its state');
+
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 2 FROM taskq.workers WHERE type = 'dispatcher'}),
+	'the dispatchers start once the update commits');
+
+# the 0.1 orphan (its dispatcher stopped with the old server) runs again
+sql('UPDATE ctl SET hold = false');
+ok( $node->poll_query_until(
+		'postgres', q{SELECT status = 'completed' FROM taskq.tasks WHERE payload->>'n' = '500'}),
+	'the task 0.1 was running completes');
+sql(q{SELECT taskq.resume('held')});
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 31 FROM taskq.tasks WHERE queue = 'held' AND status = 'completed'}),
+	'the tasks 0.1 queued complete');
+is(sql(q{SELECT count(DISTINCT id) || ' ' || min(by_role) || ' ' || max(by_role) FROM ledger WHERE id BETWEEN 101 AND 200}),
+	'31 alice alice', 'each ran once, as the role that enqueued it under 0.1');
+is( sql(q{SET ROLE alice; SELECT cardinality(taskq.ack_many(ARRAY(SELECT id FROM taskq.tasks WHERE status = 'dispatched')))}),
+	'3', 'the notify tasks 0.1 dispatched are acknowledged under 0.2');
+is(sql(q{SELECT count(*) FROM taskq.tasks WHERE payload->>'n' = '400' AND status = 'completed'}),
+	'3', 'and completed');
+is(sql(q{SELECT string_agg(result->>'booked', ',' ORDER BY id) FROM taskq.tasks WHERE handler = 'book' AND id <= 20}),
+	join(',', 1 .. 20), 'the results 0.1 stored are intact');
+is(sql(q{SELECT status || ' ' || (last_error LIKE '%bad task 300%') FROM taskq.tasks WHERE handler = 'bad'}),
+	'failed true', 'the task 0.1 failed is kept with its error');
+is(sql(q{SELECT taskq.retry(id) FROM taskq.tasks WHERE handler = 'bad'}), 't', 'and can be retried');
+ok( $node->poll_query_until(
+		'postgres', q{SELECT status = 'failed' AND attempts = 1 FROM taskq.tasks WHERE handler = 'bad'}),
+	'the retried task ran again under 0.2');
+is(sql(q{SELECT status FROM taskq.tasks WHERE payload->>'n' = '600'}), 'cancelled', 'the cancelled task stays cancelled');
+is(sql(q{SET ROLE alice; SELECT count(*) FROM (SELECT taskq.enqueue('book', '{"n": 800}')) t}),
+	'1', 'enqueue() works after the update');
+ok(wait_task_status($node, sql(q{SELECT max(id) FROM taskq.tasks}), 'completed'), 'and its task completes');
+
+# ---------------------------------------------------------------------
+# Updated = fresh: the same objects, definitions, privileges, comments.
+# ---------------------------------------------------------------------
+my $describe = <<'EOS';
+WITH ext AS (SELECT oid, extconfig FROM pg_extension WHERE extname = 'taskq'),
+members AS (
+    SELECT pg_describe_object(d.classid, d.objid, d.objsubid) AS obj, d.classid, d.objid
+    FROM pg_depend d, ext WHERE d.refclassid = 'pg_extension'::regclass
+      AND d.refobjid = ext.oid AND d.deptype = 'e')
+SELECT 'member ' || obj || ' ' || coalesce(obj_description(objid, classid::regclass::name), '-')
+FROM members
+UNION ALL
+SELECT 'function ' || p.oid::regprocedure || ' ' || pg_get_functiondef(p.oid) || ' acl ' || coalesce(p.proacl::text, '-')
+FROM pg_proc p WHERE p.pronamespace = 'taskq'::regnamespace AND p.prokind <> 'a'
+UNION ALL
+SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' ' || coalesce(c.relacl::text, '-')
+       || ' ' || coalesce(c.reloptions::text, '-') || ' rls ' || c.relrowsecurity
+       || coalesce(' view ' || pg_get_viewdef(c.oid), '')
+FROM pg_class c WHERE c.relnamespace = 'taskq'::regnamespace
+UNION ALL
+SELECT 'column ' || a.attrelid::regclass || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+       || ' ' || a.attnotnull || ' ' || coalesce(pg_get_expr(ad.adbin, ad.adrelid), '-')
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+WHERE c.relnamespace = 'taskq'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'index ' || pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+WHERE c.relnamespace = 'taskq'::regnamespace
+UNION ALL
+SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+FROM pg_constraint WHERE connamespace = 'taskq'::regnamespace
+UNION ALL
+SELECT 'policy ' || polname || ' ' || polcmd::text || ' ' || pg_get_expr(polqual, polrelid) FROM pg_policy
+WHERE polrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'taskq'::regnamespace)
+UNION ALL
+SELECT 'enum ' || enumtypid::regtype || ' ' || string_agg(enumlabel, ',' ORDER BY enumsortorder)
+FROM pg_enum WHERE enumtypid IN (SELECT oid FROM pg_type WHERE typnamespace = 'taskq'::regnamespace)
+GROUP BY enumtypid
+UNION ALL
+SELECT 'config ' || string_agg(c::regclass::text, ',' ORDER BY c::regclass::text) FROM ext, unnest(extconfig) c
+UNION ALL
+SELECT 'schema ' || nspname || ' ' || nspowner::regrole || ' ' || coalesce(nspacl::text, '-')
+FROM pg_namespace WHERE nspname = 'taskq'
+ORDER BY 1
+EOS
+sql('CREATE DATABASE fresh');
+$node->safe_psql('fresh', 'CREATE EXTENSION taskq');
+my $updated = sql($describe);
+my $fresh   = $node->safe_psql('fresh', $describe);
+cmp_ok(length($updated), '>', 10000, 'the description of taskq covers its objects');
+is($updated, $fresh, 'an updated database has exactly the objects of a fresh 0.2 install');
+
+# ---------------------------------------------------------------------
+# The schema belongs to the extension.
+# ---------------------------------------------------------------------
+$node->safe_psql('fresh', 'DROP EXTENSION taskq');
+is($node->safe_psql('fresh', q{SELECT count(*) FROM pg_namespace WHERE nspname = 'taskq'}),
+	'0', 'DROP EXTENSION removes schema taskq');
+$node->safe_psql('fresh', 'CREATE ROLE mallory; CREATE SCHEMA taskq AUTHORIZATION mallory');
+($ret, $out, $err) = $node->psql('fresh', 'CREATE EXTENSION taskq');
+isnt($ret, 0, 'CREATE EXTENSION fails when someone else made a schema taskq');
+like($err, qr/schema "taskq" already exists/, 'saying the schema exists');
+is($node->safe_psql('fresh', q{SELECT count(*) FROM pg_extension WHERE extname = 'taskq'}),
+	'0', 'and installs nothing into that schema');
+
+sql('DROP EXTENSION taskq');
+is(sql(q{SELECT count(*) FROM pg_namespace WHERE nspname = 'taskq'}),
+	'0', 'on the updated database too, DROP EXTENSION removes the schema 0.1 made');
+
+$node->stop;
+done_testing();
