@@ -190,6 +190,45 @@ taskq_interval_ms(const char *what, Interval *iv, bool allow_zero)
 	return (us + 999) / 1000;
 }
 
+/*
+ * Range checks that enqueue() and register_handler() share, with the same
+ * words for the same mistake.  Each returns its value.
+ */
+int
+taskq_check_priority(int priority)
+{
+	if (priority < TASKQ_PRIORITY_MIN || priority > TASKQ_PRIORITY_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("priority %d is out of range", priority),
+				 errhint("Use a priority from %d to %d; higher runs sooner.",
+						 TASKQ_PRIORITY_MIN, TASKQ_PRIORITY_MAX)));
+	return priority;
+}
+
+int
+taskq_check_max_attempts(int max_attempts)
+{
+	if (max_attempts < 1 || max_attempts > TASKQ_MAX_ATTEMPTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts %d is out of range", max_attempts),
+				 errhint("Use a value from 1 to %d.", TASKQ_MAX_ATTEMPTS)));
+	return max_attempts;
+}
+
+/* A task's timeout is kept in an int of milliseconds by the workers. */
+int64
+taskq_check_timeout_ms(int64 timeout_ms)
+{
+	if (timeout_ms > INT_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout is out of range: " INT64_FORMAT " ms", timeout_ms),
+				 errhint("Use a timeout of at most 24 days.")));
+	return timeout_ms;
+}
+
 const char *
 taskq_mode_name(int mode)
 {

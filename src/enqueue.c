@@ -83,55 +83,39 @@ text_arg(FunctionCallInfo fcinfo, int n)
 	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
 }
 
+/* priority: the argument, else the handler's, else the GUC's. */
+static void
+resolve_priority(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
+	const TaskqHandler *h = &o->handler;
+
+	if (PG_ARGISNULL(2))
+		o->priority = h->has_priority ? h->priority : taskq_default_priority;
+	else
+		o->priority = taskq_check_priority(PG_GETARG_INT32(2));
+}
+
 /*
- * Resolve and check every option of an enqueue call.  Arguments 0 and 1
- * (handler, payload) are validated by the callers; the rest are shared
- * by enqueue() and enqueue_many() and start at argument 2.
+ * When the task may first run: now (the transaction's start, so that a
+ * transaction's tasks keep their order), after run_after, or at run_at.
+ * delay_ms is what taskq.trace reports.
  */
 static void
-resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOptions *o)
+resolve_run_at(FunctionCallInfo fcinfo, EnqueueOptions *o)
 {
-	TaskqHandler *h = &o->handler;
-	bool		has_delay = !PG_ARGISNULL(3);
-	bool		has_run_at = !PG_ARGISNULL(4);
-	char	   *mode;
-	char	   *queue;
-
-	o->owner = taskq_caller();
-	if (!taskq_lookup_handler(handler_name, h))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("handler \"%s\" is not registered", handler_name),
-				 errhint("Register it with taskq.register_handler(), or see taskq.handlers for the registered ones.")));
-
-	/* priority */
-	if (!PG_ARGISNULL(2))
-	{
-		o->priority = PG_GETARG_INT32(2);
-		if (o->priority < TASKQ_PRIORITY_MIN || o->priority > TASKQ_PRIORITY_MAX)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("priority %d is out of range", o->priority),
-					 errhint("Use a priority from %d to %d; higher runs sooner.",
-							 TASKQ_PRIORITY_MIN, TASKQ_PRIORITY_MAX)));
-	}
-	else
-		o->priority = h->has_priority ? h->priority : taskq_default_priority;
-
-	/* run_after / run_at */
-	if (has_delay && has_run_at)
+	o->delay_ms = 0;
+	o->run_at = GetCurrentTransactionStartTimestamp();
+	if (!PG_ARGISNULL(3) && !PG_ARGISNULL(4))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_after and run_at cannot both be given"),
 				 errhint("Use run_after for a delay from now, or run_at for an absolute time.")));
-	o->delay_ms = 0;
-	o->run_at = GetCurrentTransactionStartTimestamp();
-	if (has_delay)
+	if (!PG_ARGISNULL(3))
 	{
 		o->delay_ms = taskq_interval_ms("run_after", PG_GETARG_INTERVAL_P(3), true);
 		o->run_at = TimestampTzPlusMilliseconds(o->run_at, o->delay_ms);
 	}
-	else if (has_run_at)
+	else if (!PG_ARGISNULL(4))
 	{
 		TimestampTz at = PG_GETARG_TIMESTAMPTZ(4);
 
@@ -147,81 +131,88 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 			o->run_at = at;
 		}
 	}
+}
 
-	/* queue */
-	queue = text_arg(fcinfo, 5);
+/* queue, max_attempts and timeout: argument, handler, GUC, as priority. */
+static void
+resolve_queue_and_limits(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
+	const TaskqHandler *h = &o->handler;
+	const char *queue = text_arg(fcinfo, 5);
+
 	if (queue != NULL)
 		taskq_check_name("queue", queue);
 	else
 		queue = h->queue[0] ? h->queue : taskq_default_queue;
 	strlcpy(o->queue, queue, sizeof(o->queue));
 
-	/* max_attempts */
-	if (!PG_ARGISNULL(6))
-	{
-		o->max_attempts = PG_GETARG_INT32(6);
-		if (o->max_attempts < 1 || o->max_attempts > 1000)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("max_attempts %d is out of range", o->max_attempts),
-					 errhint("Use a value from 1 to 1000.")));
-	}
-	else
+	if (PG_ARGISNULL(6))
 		o->max_attempts = h->has_max_attempts ? h->max_attempts : taskq_default_max_attempts;
-
-	/* timeout */
-	if (!PG_ARGISNULL(7))
-		o->timeout_ms = taskq_interval_ms("timeout", PG_GETARG_INTERVAL_P(7), false);
 	else
+		o->max_attempts = taskq_check_max_attempts(PG_GETARG_INT32(6));
+
+	if (PG_ARGISNULL(7))
 		o->timeout_ms = h->has_timeout ? h->timeout_ms : taskq_default_timeout;
-	if (o->timeout_ms > INT_MAX)
+	else
+		o->timeout_ms = taskq_interval_ms("timeout", PG_GETARG_INTERVAL_P(7), false);
+	taskq_check_timeout_ms(o->timeout_ms);
+}
+
+static void
+check_dedupe_key(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
+	size_t		len;
+
+	o->dedupe_key = PG_ARGISNULL(8) ? NULL : PG_GETARG_TEXT_PP(8);
+	if (o->dedupe_key == NULL)
+		return;
+	len = VARSIZE_ANY_EXHDR(o->dedupe_key);
+	if (len == 0 || len > TASKQ_MAX_DEDUPE_KEY)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("timeout is out of range: " INT64_FORMAT " ms", o->timeout_ms),
-				 errhint("Use a timeout of at most 24 days.")));
+				 errmsg("dedupe_key must be 1 to %d bytes long; this one is %zu",
+						TASKQ_MAX_DEDUPE_KEY, len),
+				 errhint("Use a short business key, such as 'order-42'.")));
+}
 
-	/* dedupe_key */
-	o->dedupe_key = PG_ARGISNULL(8) ? NULL : PG_GETARG_TEXT_PP(8);
-	if (o->dedupe_key != NULL)
-	{
-		size_t		len = VARSIZE_ANY_EXHDR(o->dedupe_key);
-
-		if (len == 0 || len > TASKQ_MAX_DEDUPE_KEY)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("dedupe_key must be 1 to %d bytes long; this one is %zu",
-							TASKQ_MAX_DEDUPE_KEY, len),
-					 errhint("Use a short business key, such as 'order-42'.")));
-	}
-
-	/* expires_at */
+/*
+ * expires_at: 'infinity' means never; otherwise it must come after the
+ * task's run_at, or the task could only ever expire.
+ */
+static void
+resolve_expires_at(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
 	o->has_expires_at = !PG_ARGISNULL(9);
-	if (o->has_expires_at)
+	if (!o->has_expires_at)
+		return;
+	o->expires_at = PG_GETARG_TIMESTAMPTZ(9);
+	if (TIMESTAMP_IS_NOBEGIN(o->expires_at))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at must not be -infinity"),
+				 errhint("Leave expires_at NULL (or 'infinity') for a task that never expires.")));
+	if (TIMESTAMP_IS_NOEND(o->expires_at))
+		o->has_expires_at = false;	/* never expires */
+	else if (o->expires_at <= o->run_at)
 	{
-		o->expires_at = PG_GETARG_TIMESTAMPTZ(9);
-		if (TIMESTAMP_IS_NOBEGIN(o->expires_at))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("expires_at must not be -infinity"),
-					 errhint("Leave expires_at NULL (or 'infinity') for a task that never expires.")));
-		if (TIMESTAMP_IS_NOEND(o->expires_at))
-			o->has_expires_at = false;	/* never expires */
-		else if (o->expires_at <= o->run_at)
-		{
-			/* timestamptz_to_str() returns a static buffer: copy each */
-			char	   *expires = pstrdup(timestamptz_to_str(o->expires_at));
-			char	   *runs = pstrdup(timestamptz_to_str(o->run_at));
+		/* timestamptz_to_str() returns a static buffer: copy each */
+		char	   *expires = pstrdup(timestamptz_to_str(o->expires_at));
+		char	   *runs = pstrdup(timestamptz_to_str(o->run_at));
 
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("expires_at %s is not after the time the task would run, %s",
-							expires, runs),
-					 errhint("Give a later expires_at, or none.")));
-		}
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("expires_at %s is not after the time the task would run, %s",
+						expires, runs),
+				 errhint("Give a later expires_at, or none.")));
 	}
+}
 
-	/* mode */
-	mode = text_arg(fcinfo, 10);
+/* mode: the argument, else taskq.default_mode; taskq.require_enqueue wins. */
+static void
+resolve_mode(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
+	char	   *mode = text_arg(fcinfo, 10);
+
 	if (mode == NULL)
 		o->mode = taskq_default_mode;
 	else if (strcmp(mode, "async") == 0)
@@ -235,14 +226,41 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 				 errhint("Use 'async' (dispatch after commit) or 'sync' (run now, in this transaction).")));
 	if (taskq_require_enqueue)
 		o->mode = TASKQ_MODE_ASYNC;
+}
 
-	/* metadata */
+static void
+check_metadata(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
 	o->metadata = PG_ARGISNULL(11) ? NULL : PG_GETARG_JSONB_P(11);
 	if (o->metadata != NULL && !JB_ROOT_IS_OBJECT(o->metadata))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("metadata must be a JSON object"),
 				 errhint("For example '{\"trace_id\": \"abc\"}'.")));
+}
+
+/*
+ * Resolve and check every option of an enqueue call, in argument order,
+ * so the first bad one is the one reported.  Arguments 0 and 1 (handler,
+ * payload) are validated by the callers; the rest are shared by enqueue()
+ * and enqueue_many() and start at argument 2.
+ */
+static void
+resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOptions *o)
+{
+	o->owner = taskq_caller();
+	if (!taskq_lookup_handler(handler_name, &o->handler))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("handler \"%s\" is not registered", handler_name),
+				 errhint("Register it with taskq.register_handler(), or see taskq.handlers for the registered ones.")));
+	resolve_priority(fcinfo, o);
+	resolve_run_at(fcinfo, o);
+	resolve_queue_and_limits(fcinfo, o);
+	check_dedupe_key(fcinfo, o);
+	resolve_expires_at(fcinfo, o);
+	resolve_mode(fcinfo, o);
+	check_metadata(fcinfo, o);
 }
 
 /* index: 1-based position in enqueue_many's array, 0 for enqueue() */
@@ -498,8 +516,8 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 		trace_enqueue(o, taskq_policy == TASKQ_POLICY_DROP ? "dropped (policy)" : "dropped (blocked)", 0);
 		return -1;
 	}
-	if (o->handler.kind == TASKQ_KIND_NOTIFY)
-		taskq_check_notify_size(&o->handler, payload, o->metadata);
+	if (taskq_kind_ops(o->handler.kind)->check_task != NULL)
+		taskq_kind_ops(o->handler.kind)->check_task(&o->handler, payload, o->metadata);
 
 	if (o->mode == TASKQ_MODE_ASYNC)
 	{

@@ -16,6 +16,9 @@
  */
 #include "taskq.h"
 
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "lib/stringinfo.h"
@@ -24,6 +27,164 @@
 #include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+/* ----------------------------------------------------------------
+ * Targets, checked at registration
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Parse 'schema.fn(jsonb)' (or 'schema.fn', meaning the same) and look the
+ * function up; InvalidOid if it does not exist.  A malformed target is an
+ * error that names it.
+ */
+static Oid
+lookup_function(const char *target, char **sig_out)
+{
+	char	   *sig = strchr(target, '(') ? pstrdup(target) : psprintf("%s(jsonb)", target);
+	MemoryContext oldcontext = CurrentMemoryContext;
+	volatile Oid fn = InvalidOid;
+	ErrorData  *volatile edata = NULL;
+
+	PG_TRY();
+	{
+		fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein, CStringGetDatum(sig)));
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+
+	/* a missing function or schema is "does not exist"; the rest is syntax */
+	if (edata != NULL &&
+		edata->sqlerrcode != ERRCODE_UNDEFINED_FUNCTION &&
+		edata->sqlerrcode != ERRCODE_UNDEFINED_SCHEMA)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid handler function \"%s\"", target),
+				 errdetail("%s", edata->message),
+				 errhint("Give the function as 'schema.name(jsonb)' or 'schema.name'.")));
+	*sig_out = sig;
+	return fn;
+}
+
+/*
+ * Resolve a function handler's target to a function that can be a
+ * handler, or raise an error that says why not.
+ */
+Oid
+taskq_resolve_function(const char *target, bool missing_ok)
+{
+	char	   *sig;
+	Oid			fn = lookup_function(target, &sig);
+	HeapTuple	tup;
+	Form_pg_proc proc;
+
+	if (!OidIsValid(fn))
+	{
+		if (missing_ok)
+			return InvalidOid;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("handler function %s does not exist", sig),
+				 errhint("A handler function takes one jsonb argument, e.g. CREATE FUNCTION app.send_mail(payload jsonb) RETURNS jsonb ...; give it as 'schema.name(jsonb)'.")));
+	}
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", fn);
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	if (proc->pronargs != 1 || proc->proargtypes.values[0] != JSONBOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler function %s must take exactly one argument of type jsonb",
+						format_procedure(fn)),
+				 errhint("Declare it as name(payload jsonb).")));
+	if (proc->prokind != PROKIND_FUNCTION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("%s is not a plain function", format_procedure(fn)),
+				 errhint("Procedures, aggregates and window functions cannot be handlers.")));
+	if (proc->proretset)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler function %s must not return a set", format_procedure(fn)),
+				 errhint("Return one value (jsonb, a scalar, a row) or void.")));
+	if (isAnyTempNamespace(proc->pronamespace))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler function %s is temporary", format_procedure(fn)),
+				 errhint("Dispatchers run in other sessions; create the function in a permanent schema.")));
+	ReleaseSysCache(tup);
+	return fn;
+}
+
+/* The canonical target of a handler function: 'schema.name(jsonb)'. */
+static char *
+function_target(Oid fn)
+{
+	return psprintf("%s(jsonb)",
+					quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
+											   get_func_name(fn)));
+}
+
+/*
+ * NOTIFY channels: lower-case identifiers, so that an unquoted LISTEN of
+ * the same name matches.
+ */
+static void
+check_channel(const char *channel)
+{
+	const char *s;
+	size_t		len = strlen(channel);
+	bool		ok = len > 0 && len <= TASKQ_NAME_MAXLEN &&
+		((channel[0] >= 'a' && channel[0] <= 'z') || channel[0] == '_');
+
+	for (s = channel; ok && *s; s++)
+		ok = (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_';
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_NAME),
+				 errmsg("invalid channel name \"%s\"", channel),
+				 errhint("Use a lower-case identifier of at most %d bytes (letters, digits, _), so that LISTEN with the same name receives it.",
+						 TASKQ_NAME_MAXLEN)));
+}
+
+/* function: the target must name a function that can be a handler. */
+static char *
+function_check_target(const char *target)
+{
+	return function_target(taskq_resolve_function(target, false));
+}
+
+/* notify: a channel that an unquoted LISTEN reaches. */
+static char *
+notify_check_target(const char *target)
+{
+	check_channel(target);
+	return pstrdup(target);
+}
+
+/* log: free text for the server log, of a bounded length. */
+static char *
+log_check_target(const char *target)
+{
+	if (target[0] == '\0' || strlen(target) > 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("a log handler's target must be 1 to 1024 bytes long"),
+				 errhint("Describe what the handler would do; it is written to the server log.")));
+	return pstrdup(target);
+}
+
+/* ----------------------------------------------------------------
+ * Running a task
+ * ----------------------------------------------------------------
+ */
 
 /* Prepared call of one handler function, kept per backend. */
 typedef struct FunctionPlan
@@ -152,8 +313,8 @@ notify_message(int64 id, const char *handler, const char *queue, int attempt,
  * Refuse, at enqueue, a payload whose NOTIFY message could not be sent:
  * the same message built with the widest id and attempt it could have.
  */
-void
-taskq_check_notify_size(const TaskqHandler *h, Jsonb *payload, Jsonb *metadata)
+static void
+notify_check_task(const TaskqHandler *h, Jsonb *payload, Jsonb *metadata)
 {
 	pfree(notify_message(PG_INT64_MAX, h->name, "", 1000, TASKQ_PRIORITY_MIN, h->ack,
 						 payload, metadata));
@@ -189,6 +350,76 @@ execute_log(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out, bool dry_run)
 	out->result_null = false;
 }
 
+/* The log kind itself (taskq.dry_run logs through the same function). */
+static void
+execute_log_kind(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out)
+{
+	execute_log(task, h, out, false);
+}
+
+/* ----------------------------------------------------------------
+ * The kinds
+ * ----------------------------------------------------------------
+ */
+static const TaskqKindOps kinds[] = {
+	[TASKQ_KIND_FUNCTION] = {"function", function_check_target, false, NULL, execute_function},
+	[TASKQ_KIND_NOTIFY] = {"notify", notify_check_target, true, notify_check_task, execute_notify},
+	[TASKQ_KIND_LOG] = {"log", log_check_target, false, NULL, execute_log_kind},
+};
+
+const TaskqKindOps *
+taskq_kind_ops(TaskqKind kind)
+{
+	Assert(kind >= 0 && kind < lengthof(kinds));
+	return &kinds[kind];
+}
+
+const char *
+taskq_kind_name(TaskqKind kind)
+{
+	return taskq_kind_ops(kind)->name;
+}
+
+/* "Use 'function', 'notify' or 'log'.": the hint for a bad kind. */
+const char *
+taskq_kind_hint(void)
+{
+	static char *hint = NULL;
+
+	if (hint == NULL)
+	{
+		StringInfoData buf;
+		int			i;
+
+		initStringInfo(&buf);
+		appendStringInfoString(&buf, "Use");
+		for (i = 0; i < (int) lengthof(kinds); i++)
+			appendStringInfo(&buf, "%s '%s'",
+							 i == 0 ? "" : i == (int) lengthof(kinds) - 1 ? " or" : ",",
+							 kinds[i].name);
+		appendStringInfoChar(&buf, '.');
+		hint = MemoryContextStrdup(TopMemoryContext, buf.data);
+		pfree(buf.data);
+	}
+	return hint;
+}
+
+/* A kind by its name in taskq.handlers and register_handler(). */
+TaskqKind
+taskq_parse_kind(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < (int) lengthof(kinds); i++)
+		if (strcmp(name, kinds[i].name) == 0)
+			return (TaskqKind) i;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("unknown handler kind \"%s\"", name),
+			 errhint("%s", taskq_kind_hint())));
+	pg_unreachable();
+}
+
 /*
  * Run one task by its handler's kind.  Dispatchers under taskq.dry_run log
  * instead of running anything; a sync enqueue always runs the handler.
@@ -197,20 +428,7 @@ void
 taskq_execute(TaskqTask *task, TaskqHandler *h, bool sync, TaskqOutcome *out)
 {
 	if (!sync && taskq_dry_run)
-	{
 		execute_log(task, h, out, true);
-		return;
-	}
-	switch (h->kind)
-	{
-		case TASKQ_KIND_FUNCTION:
-			execute_function(task, h, out);
-			break;
-		case TASKQ_KIND_NOTIFY:
-			execute_notify(task, h, out);
-			break;
-		case TASKQ_KIND_LOG:
-			execute_log(task, h, out, false);
-			break;
-	}
+	else
+		taskq_kind_ops(h->kind)->execute(task, h, out);
 }

@@ -2,11 +2,10 @@
  *
  * handlers.c
  *	  The handler registry: register_handler(), unregister_handler(), and
- *	  the lookup enqueue and dispatch share.
+ *	  the lookup enqueue and dispatch share.  What a kind accepts as its
+ *	  target is the kind's business (executors.c).
  *
- * A function handler's target is resolved once, at registration, to a
- * schema-qualified signature ('schema.fn(jsonb)'), so no later search_path
- * can redirect it.  A handler belongs to the role that registered it; only
+ * A handler belongs to the role that registered it; only
  * that role (or one with its privileges) may change or remove it.
  *
  *-------------------------------------------------------------------------
@@ -32,37 +31,6 @@ static SPIPlanPtr lookup_plan = NULL;
 static SPIPlanPtr owner_plan = NULL;
 static SPIPlanPtr upsert_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
-
-const char *
-taskq_kind_name(TaskqKind kind)
-{
-	switch (kind)
-	{
-		case TASKQ_KIND_FUNCTION:
-			return "function";
-		case TASKQ_KIND_NOTIFY:
-			return "notify";
-		case TASKQ_KIND_LOG:
-			return "log";
-	}
-	return "?";
-}
-
-static TaskqKind
-parse_kind(const char *kind)
-{
-	if (strcmp(kind, "function") == 0)
-		return TASKQ_KIND_FUNCTION;
-	if (strcmp(kind, "notify") == 0)
-		return TASKQ_KIND_NOTIFY;
-	if (strcmp(kind, "log") == 0)
-		return TASKQ_KIND_LOG;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown handler kind \"%s\"", kind),
-			 errhint("Use 'function', 'notify' or 'log'.")));
-	return TASKQ_KIND_LOG;		/* keep compiler quiet */
-}
 
 /*
  * Look up a handler; the caller has SPI connected and may read
@@ -95,7 +63,7 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 	desc = SPI_tuptable->tupdesc;
 	memset(h, 0, sizeof(*h));
 	strlcpy(h->name, name, sizeof(h->name));
-	h->kind = parse_kind(TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull)));
+	h->kind = taskq_parse_kind(TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull)));
 	h->target = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	if (!isnull)
@@ -113,125 +81,6 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 	h->enabled = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	h->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 9, &isnull));
 	return true;
-}
-
-/*
- * Parse 'schema.fn(jsonb)' (or 'schema.fn', meaning the same) and look the
- * function up; InvalidOid if it does not exist.  A malformed target is an
- * error that names it.
- */
-static Oid
-lookup_function(const char *target, char **sig_out)
-{
-	char	   *sig = strchr(target, '(') ? pstrdup(target) : psprintf("%s(jsonb)", target);
-	MemoryContext oldcontext = CurrentMemoryContext;
-	volatile Oid fn = InvalidOid;
-	ErrorData  *volatile edata = NULL;
-
-	PG_TRY();
-	{
-		fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein, CStringGetDatum(sig)));
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-	}
-	PG_END_TRY();
-
-	/* a missing function or schema is "does not exist"; the rest is syntax */
-	if (edata != NULL &&
-		edata->sqlerrcode != ERRCODE_UNDEFINED_FUNCTION &&
-		edata->sqlerrcode != ERRCODE_UNDEFINED_SCHEMA)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid handler function \"%s\"", target),
-				 errdetail("%s", edata->message),
-				 errhint("Give the function as 'schema.name(jsonb)' or 'schema.name'.")));
-	*sig_out = sig;
-	return fn;
-}
-
-/*
- * Resolve a function handler's target to a function that can be a
- * handler, or raise an error that says why not.
- */
-Oid
-taskq_resolve_function(const char *target, bool missing_ok)
-{
-	char	   *sig;
-	Oid			fn = lookup_function(target, &sig);
-	HeapTuple	tup;
-	Form_pg_proc proc;
-
-	if (!OidIsValid(fn))
-	{
-		if (missing_ok)
-			return InvalidOid;
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("handler function %s does not exist", sig),
-				 errhint("A handler function takes one jsonb argument, e.g. CREATE FUNCTION app.send_mail(payload jsonb) RETURNS jsonb ...; give it as 'schema.name(jsonb)'.")));
-	}
-	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for function %u", fn);
-	proc = (Form_pg_proc) GETSTRUCT(tup);
-	if (proc->pronargs != 1 || proc->proargtypes.values[0] != JSONBOID)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("handler function %s must take exactly one argument of type jsonb",
-						format_procedure(fn)),
-				 errhint("Declare it as name(payload jsonb).")));
-	if (proc->prokind != PROKIND_FUNCTION)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("%s is not a plain function", format_procedure(fn)),
-				 errhint("Procedures, aggregates and window functions cannot be handlers.")));
-	if (proc->proretset)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("handler function %s must not return a set", format_procedure(fn)),
-				 errhint("Return one value (jsonb, a scalar, a row) or void.")));
-	if (isAnyTempNamespace(proc->pronamespace))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("handler function %s is temporary", format_procedure(fn)),
-				 errhint("Dispatchers run in other sessions; create the function in a permanent schema.")));
-	ReleaseSysCache(tup);
-	return fn;
-}
-
-/* The canonical target of a handler function: 'schema.name(jsonb)'. */
-static char *
-function_target(Oid fn)
-{
-	return psprintf("%s(jsonb)",
-					quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
-											   get_func_name(fn)));
-}
-
-/*
- * NOTIFY channels: lower-case identifiers, so that an unquoted LISTEN of
- * the same name matches.
- */
-static void
-check_channel(const char *channel)
-{
-	const char *s;
-	size_t		len = strlen(channel);
-	bool		ok = len > 0 && len <= TASKQ_NAME_MAXLEN &&
-		((channel[0] >= 'a' && channel[0] <= 'z') || channel[0] == '_');
-
-	for (s = channel; ok && *s; s++)
-		ok = (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') || *s == '_';
-	if (!ok)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_NAME),
-				 errmsg("invalid channel name \"%s\"", channel),
-				 errhint("Use a lower-case identifier of at most %d bytes (letters, digits, _), so that LISTEN with the same name receives it.",
-						 TASKQ_NAME_MAXLEN)));
 }
 
 /*
@@ -282,63 +131,18 @@ require_not_null(FunctionCallInfo fcinfo, int n, const char *what, const char *h
 }
 
 /*
- * taskq.register_handler(name, target, kind, queue, priority,
- *						  max_attempts, timeout, ack, enabled)
+ * Check register_handler()'s options other than name, target and kind,
+ * before anything is written.  The range checks are enqueue()'s own.
  */
-Datum
-taskq_register_handler(PG_FUNCTION_ARGS)
+static void
+check_registration_options(FunctionCallInfo fcinfo, const TaskqKindOps *ops)
 {
-	char	   *name;
-	char	   *target;
-	TaskqKind	kind;
-	Oid			caller = taskq_caller();
-	Oid			owner;
-	TaskqAsOwner save;
-	Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID,
-	INTERVALOID, BOOLOID, BOOLOID, OIDOID};
-	Datum		values[10];
-	char		nulls[10];
-
-	require_not_null(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
-	require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, or a description for log.");
-	require_not_null(fcinfo, 2, "kind", "Use 'function', 'notify' or 'log'.");
-	require_not_null(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
-	require_not_null(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	target = text_to_cstring(PG_GETARG_TEXT_PP(1));
-	kind = parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(2)));
-
-	taskq_check_name("handler", name);
-	switch (kind)
-	{
-		case TASKQ_KIND_FUNCTION:
-			target = function_target(taskq_resolve_function(target, false));
-			break;
-		case TASKQ_KIND_NOTIFY:
-			check_channel(target);
-			break;
-		case TASKQ_KIND_LOG:
-			if (target[0] == '\0' || strlen(target) > 1024)
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("a log handler's target must be 1 to 1024 bytes long"),
-						 errhint("Describe what the handler would do; it is written to the server log.")));
-			break;
-	}
 	if (!PG_ARGISNULL(3))
 		taskq_check_name("queue", text_to_cstring(PG_GETARG_TEXT_PP(3)));
-	if (!PG_ARGISNULL(4) &&
-		(PG_GETARG_INT32(4) < TASKQ_PRIORITY_MIN || PG_GETARG_INT32(4) > TASKQ_PRIORITY_MAX))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("priority %d is out of range", PG_GETARG_INT32(4)),
-				 errhint("Use a priority from %d to %d; higher runs sooner.",
-						 TASKQ_PRIORITY_MIN, TASKQ_PRIORITY_MAX)));
-	if (!PG_ARGISNULL(5) && (PG_GETARG_INT32(5) < 1 || PG_GETARG_INT32(5) > 1000))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_attempts %d is out of range", PG_GETARG_INT32(5)),
-				 errhint("Use a value from 1 to 1000.")));
+	if (!PG_ARGISNULL(4))
+		(void) taskq_check_priority(PG_GETARG_INT32(4));
+	if (!PG_ARGISNULL(5))
+		(void) taskq_check_max_attempts(PG_GETARG_INT32(5));
 	if (!PG_ARGISNULL(6) &&
 		taskq_interval_ms("timeout", PG_GETARG_INTERVAL_P(6), false) > INT_MAX)
 		ereport(ERROR,
@@ -346,32 +150,44 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 				 errmsg("timeout is out of range: %s",
 						DatumGetCString(DirectFunctionCall1(interval_out, PG_GETARG_DATUM(6)))),
 				 errhint("Use a timeout of at most 24 days.")));
-	if (!PG_GETARG_BOOL(7) && kind != TASKQ_KIND_NOTIFY)
+	if (!PG_GETARG_BOOL(7) && !ops->may_skip_ack)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("ack => false applies only to notify handlers"),
 				 errhint("Function and log handlers complete when they return.")));
+}
 
-	SPI_connect();
-	taskq_become_owner(&save);
-	owner = check_handler_owner(name);
-	require_handler_privilege(name, caller, owner, "update");
+/* An optional argument as a statement parameter. */
+static void
+optional_arg(FunctionCallInfo fcinfo, int n, Datum *value, char *null)
+{
+	*value = PG_ARGISNULL(n) ? (Datum) 0 : PG_GETARG_DATUM(n);
+	*null = PG_ARGISNULL(n) ? 'n' : ' ';
+}
+
+/*
+ * Insert or update the registration; an existing one keeps its owner.
+ * Runs as the table owner.
+ */
+static void
+write_registration(FunctionCallInfo fcinfo, const char *name, const char *kind,
+				   const char *target, Oid owner)
+{
+	Oid			types[10] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID,
+	INTERVALOID, BOOLOID, BOOLOID, OIDOID};
+	Datum		values[10];
+	char		nulls[10];
+	int			i;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(name);
-	values[1] = CStringGetTextDatum(taskq_kind_name(kind));
+	values[1] = CStringGetTextDatum(kind);
 	values[2] = CStringGetTextDatum(target);
-	values[3] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
-	nulls[3] = PG_ARGISNULL(3) ? 'n' : ' ';
-	values[4] = PG_ARGISNULL(4) ? (Datum) 0 : PG_GETARG_DATUM(4);
-	nulls[4] = PG_ARGISNULL(4) ? 'n' : ' ';
-	values[5] = PG_ARGISNULL(5) ? (Datum) 0 : PG_GETARG_DATUM(5);
-	nulls[5] = PG_ARGISNULL(5) ? 'n' : ' ';
-	values[6] = PG_ARGISNULL(6) ? (Datum) 0 : PG_GETARG_DATUM(6);
-	nulls[6] = PG_ARGISNULL(6) ? 'n' : ' ';
+	for (i = 3; i <= 6; i++)
+		optional_arg(fcinfo, i, &values[i], &nulls[i]);
 	values[7] = PG_GETARG_DATUM(7);
 	values[8] = PG_GETARG_DATUM(8);
-	values[9] = ObjectIdGetDatum(OidIsValid(owner) ? owner : caller);
+	values[9] = ObjectIdGetDatum(owner);
 
 	if (SPI_execute_plan(taskq_prepare(&upsert_plan,
 									   "INSERT INTO taskq.handlers AS h (name, kind, target, queue, priority,"
@@ -385,6 +201,40 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 									   10, types),
 						 values, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "taskq: could not write taskq.handlers");
+}
+
+/*
+ * taskq.register_handler(name, target, kind, queue, priority,
+ *						  max_attempts, timeout, ack, enabled): check
+ * everything, then insert or update the registration.  The kind checks
+ * and canonicalises the target (executors.c).
+ */
+Datum
+taskq_register_handler(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *target;
+	const TaskqKindOps *ops;
+	Oid			caller = taskq_caller();
+	Oid			owner;
+	TaskqAsOwner save;
+
+	require_not_null(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
+	require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, or a description for log.");
+	require_not_null(fcinfo, 2, "kind", taskq_kind_hint());
+	require_not_null(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
+	require_not_null(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	ops = taskq_kind_ops(taskq_parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(2))));
+	taskq_check_name("handler", name);
+	target = ops->check_target(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	check_registration_options(fcinfo, ops);
+
+	SPI_connect();
+	taskq_become_owner(&save);
+	owner = check_handler_owner(name);
+	require_handler_privilege(name, caller, owner, "update");
+	write_registration(fcinfo, name, ops->name, target, OidIsValid(owner) ? owner : caller);
 	taskq_restore_user(&save);
 	SPI_finish();
 

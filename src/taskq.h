@@ -39,6 +39,7 @@
 #define TASKQ_NAME_MAXLEN		63	/* handler and queue names, like identifiers */
 #define TASKQ_PRIORITY_MIN		(-100)
 #define TASKQ_PRIORITY_MAX		100
+#define TASKQ_MAX_ATTEMPTS		1000
 #define TASKQ_MAX_BATCH			64	/* keeps handler subtransactions under the subxid cache */
 #define TASKQ_NOTIFY_MAXLEN		7999	/* NOTIFY's payload limit (NAMEDATALEN-independent) */
 #define TASKQ_ERROR_MAXLEN		1024	/* stored last_error is cut here */
@@ -194,6 +195,9 @@ extern SPIPlanPtr taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int n
 extern SPIPlanPtr taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern void taskq_check_name(const char *what, const char *value);
 extern int64 taskq_interval_ms(const char *what, Interval *iv, bool allow_zero);
+extern int	taskq_check_priority(int priority);
+extern int	taskq_check_max_attempts(int max_attempts);
+extern int64 taskq_check_timeout_ms(int64 timeout_ms);
 extern const char *taskq_mode_name(int mode);
 extern char *taskq_extension_version(void);
 
@@ -230,8 +234,6 @@ typedef struct TaskqHandler
 } TaskqHandler;
 
 extern bool taskq_lookup_handler(const char *name, TaskqHandler *h);
-extern const char *taskq_kind_name(TaskqKind kind);
-extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
 
 /* ----------------------------------------------------------------
  * Tasks as the dispatcher and the executors see them
@@ -267,7 +269,28 @@ typedef struct TaskqOutcome
 } TaskqOutcome;
 
 extern void taskq_execute(TaskqTask *task, TaskqHandler *h, bool sync, TaskqOutcome *out);
-extern void taskq_check_notify_size(const TaskqHandler *h, Jsonb *payload, Jsonb *metadata);
+
+/*
+ * What a handler kind is (executors.c): everything that differs between
+ * kinds is here, so that a new kind is one more row of the table.
+ */
+typedef struct TaskqKindOps
+{
+	const char *name;			/* as in taskq.handlers.kind */
+	/* registration: check a target, return the form to store (palloc'd) */
+	char	   *(*check_target) (const char *target);
+	bool		may_skip_ack;	/* register_handler(ack => false) allowed */
+	/* enqueue: refuse a task that could never be dispatched; NULL: none */
+	void		(*check_task) (const TaskqHandler *h, Jsonb *payload, Jsonb *metadata);
+	/* dispatch: run one task, see taskq_execute() */
+	void		(*execute) (TaskqTask *task, TaskqHandler *h, TaskqOutcome *out);
+} TaskqKindOps;
+
+extern const TaskqKindOps *taskq_kind_ops(TaskqKind kind);
+extern TaskqKind taskq_parse_kind(const char *name);
+extern const char *taskq_kind_name(TaskqKind kind);
+extern const char *taskq_kind_hint(void);
+extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
 
 /* ----------------------------------------------------------------
  * Workers
