@@ -66,7 +66,8 @@ parse_kind(const char *kind)
 
 /*
  * Look up a handler; the caller has SPI connected and may read
- * taskq.handlers.  Returns false when it is not registered.
+ * taskq.handlers.  Returns false when it is not registered.  Runs as the
+ * caller, but under our fixed search_path like every statement of ours.
  */
 bool
 taskq_lookup_handler(const char *name, TaskqHandler *h)
@@ -78,6 +79,7 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		d;
+	int			gucnest = taskq_restrict_search_path();
 
 	plan = taskq_prepare(&lookup_plan,
 						 "SELECT kind, target, queue, priority, max_attempts,"
@@ -88,6 +90,7 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 	values[0] = CStringGetTextDatum(name);
 	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.handlers");
+	taskq_restore_search_path(gucnest);
 	if (SPI_processed == 0)
 		return false;
 
@@ -124,13 +127,22 @@ static Oid
 lookup_function(const char *target, char **sig_out)
 {
 	char	   *sig = strchr(target, '(') ? pstrdup(target) : psprintf("%s(jsonb)", target);
+	size_t		len = strlen(sig);
+	char	   *lookup = sig;
 	MemoryContext oldcontext = CurrentMemoryContext;
 	volatile Oid fn = InvalidOid;
 	ErrorData  *volatile edata = NULL;
 
+	/*
+	 * The argument type, which is always jsonb, is looked up in pg_catalog
+	 * itself: a dispatcher resolves the stored 'schema.fn(jsonb)' under the
+	 * handler's search_path, where another type could be named jsonb.
+	 */
+	if (len > 7 && strcmp(sig + len - 7, "(jsonb)") == 0)
+		lookup = psprintf("%.*s(pg_catalog.jsonb)", (int) (len - 7), sig);
 	PG_TRY();
 	{
-		fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein, CStringGetDatum(sig)));
+		fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein, CStringGetDatum(lookup)));
 	}
 	PG_CATCH();
 	{

@@ -179,16 +179,22 @@ extern int	taskq_read_counters(Oid dboid, Tuplestorestate *store, TupleDesc desc
  * ----------------------------------------------------------------
  */
 
-/* Runs SPI as the owner of taskq.tasks; see common.c. */
+/* Runs SPI as the owner of taskq.tasks, under TASKQ_SAFE_SEARCH_PATH; see common.c. */
 typedef struct TaskqAsOwner
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			gucnest;		/* of the restricted search_path */
 } TaskqAsOwner;
+
+/* The search_path of taskq's own statements: nobody's objects but core's. */
+#define TASKQ_SAFE_SEARCH_PATH	"pg_catalog, pg_temp"
 
 extern Oid	taskq_caller(void);
 extern void taskq_become_owner(TaskqAsOwner *save);
 extern void taskq_restore_user(TaskqAsOwner *save);
+extern int	taskq_restrict_search_path(void);
+extern void taskq_restore_search_path(int nest);
 extern SPIPlanPtr taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
