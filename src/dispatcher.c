@@ -122,6 +122,8 @@ set_state(TaskqWorkerState state)
 static bool
 start_task(TaskqTask *task)
 {
+	/* published with current_task, under the lock taskq_start_task takes */
+	my_slot->current_owner = task->owner;
 	if (!taskq_start_task(my_slot, task->id, task->queue, &cancel_seen))
 		return false;
 	taskq_suspect_file_write(MyDatabaseId, task->id);
@@ -316,6 +318,7 @@ check_extension_version(void)
 		return;
 	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
 	strlcpy(my_slot->last_error, found, sizeof(my_slot->last_error));
+	my_slot->last_error_owner = InvalidOid;
 	LWLockRelease(taskq_lock());
 	exit_because(TASKQ_EXIT_WRONG_VERSION);
 }
@@ -905,6 +908,7 @@ record_failure(TaskqTask *task, const char *error, bool timed_out)
 	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
 	my_slot->failed++;
 	strlcpy(my_slot->last_error, msg, sizeof(my_slot->last_error));
+	my_slot->last_error_owner = task->owner;
 	my_slot->last_error_at = GetCurrentTimestamp();
 	LWLockRelease(taskq_lock());
 	taskq_count_outcome(MyDatabaseId, task->queue, task->handler, 0, final ? 1 : 0, final ? 0 : 1);
@@ -1175,8 +1179,10 @@ taskq_dispatcher_main(Datum arg)
 	my_slot->state = TASKQ_STATE_STARTING;
 	my_slot->exit_reason = TASKQ_EXIT_ERROR;	/* until we know better */
 	my_slot->current_task = 0;
+	my_slot->current_owner = InvalidOid;
 	my_slot->processed = my_slot->failed = 0;
 	my_slot->last_error[0] = '\0';
+	my_slot->last_error_owner = InvalidOid;
 	LWLockRelease(taskq_lock());
 	before_shmem_exit(dispatcher_exit, (Datum) 0);
 

@@ -121,6 +121,11 @@ typedef enum TaskqExitReason
  * take TaskqShared->lock shared; the owner writes with it exclusive, except
  * the counters, which only the owner writes and monitoring reads torn-free
  * enough on every platform we build for.
+ *
+ * current_owner and last_error_owner are the roles whose tasks the
+ * current task and the last error are: taskq.workers shows them only to
+ * roles that may see that role's tasks (monitor.c).  A last_error without
+ * an owner (InvalidOid) is taskq's own, such as the version found.
  */
 typedef struct TaskqSlot
 {
@@ -133,12 +138,14 @@ typedef struct TaskqSlot
 	TaskqWorkerState state;
 	TaskqExitReason exit_reason;
 	int64		current_task;	/* 0 when no handler is running */
+	Oid			current_owner;	/* the role that enqueued current_task */
 	pg_atomic_uint32 wake_pending;	/* a commit woke it since its last claim */
 	TimestampTz task_started_at;
 	char		current_queue[TASKQ_NAME_MAXLEN + 1];
 	int64		processed;
 	int64		failed;
 	char		last_error[256];
+	Oid			last_error_owner;	/* the role whose task failed so */
 	TimestampTz last_error_at;
 } TaskqSlot;
 
