@@ -95,7 +95,7 @@ taskq_restrict_search_path(void)
 	return nest;
 }
 
-/* Undo taskq_restrict_search_path(); calls nest in reverse order. */
+/* Undo taskq_restrict_search_path(); nested calls undo in reverse order. */
 void
 taskq_restore_search_path(int nest)
 {

@@ -8,9 +8,9 @@
  */
 #include "taskq.h"
 
-#include "funcapi.h"
-#include "commands/dbcommands.h"
 #include "catalog/pg_authid.h"
+#include "commands/dbcommands.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"

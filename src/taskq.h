@@ -122,10 +122,11 @@ typedef enum TaskqExitReason
  * the counters, which only the owner writes and monitoring reads torn-free
  * enough on every platform we build for.
  *
- * current_owner and last_error_owner are the roles whose tasks the
- * current task and the last error are: taskq.workers shows them only to
- * roles that may see that role's tasks (monitor.c).  A last_error without
- * an owner (InvalidOid) is taskq's own, such as the version found.
+ * current_owner is the role that enqueued current_task, last_error_owner
+ * the role whose task failed with last_error: taskq.workers shows the task
+ * and the error only to roles that may see that role's tasks (monitor.c).
+ * A last_error without an owner (InvalidOid) is taskq's own, such as the
+ * version found.
  */
 typedef struct TaskqSlot
 {
