@@ -47,6 +47,23 @@ BEGIN
 END
 $adopt$;
 
+------------------------------------------------------------------------
+-- The monitoring views show what the caller may see.
+--
+-- In 0.1 they ran with their owner's (the superuser's) privileges, so
+-- taskq.stats counted every role's tasks past the row-level security of
+-- taskq.tasks.  As security_invoker views, taskq.stats counts the tasks
+-- the caller can see (superusers: all); the outcome counters since start
+-- (taskq._counters()) stay aggregate counts per queue and handler for
+-- everyone, as pg_stat_statements' calls are.  taskq._workers() filters in
+-- C: another role's current task and last error show only to roles with
+-- that role's privileges and to pg_read_all_stats.
+------------------------------------------------------------------------
+ALTER VIEW taskq.workers SET (security_invoker = true);
+ALTER VIEW taskq.stats SET (security_invoker = true);
+COMMENT ON VIEW taskq.workers IS 'one row per live taskq worker; another role''s current task and last error show only to roles with its privileges and to pg_read_all_stats';
+COMMENT ON VIEW taskq.stats IS 'per queue and handler: the caller''s visible tasks by status, the oldest due task''s age, and outcome counters since the server started (of all roles)';
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

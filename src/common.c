@@ -2,7 +2,8 @@
  *
  * common.c
  *	  The small helpers that every SQL-facing file shares: who the caller
- *	  is, acting as the extension's owner, prepared plans kept per backend,
+ *	  is, acting as the extension's owner, the fixed search_path of our own
+ *	  statements, prepared plans kept per backend,
  *	  name and interval checks, and the version of the extension's SQL
  *	  objects.  It calls no other file of taskq, so any file may call it.
  *
@@ -20,6 +21,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
@@ -85,12 +87,47 @@ taskq_become_owner(TaskqAsOwner *save)
 	ReleaseSysCache(tup);
 	GetUserIdAndSecContext(&save->save_userid, &save->save_sec_context);
 	SetUserIdAndSecContext(owner, save->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	save->gucnest = taskq_restrict_search_path();
 }
 
+/*
+ * Back to the caller, and to the caller's search_path.  An error between
+ * the two calls needs no restore: the (sub)transaction's abort restores
+ * both the role and the setting.
+ */
 void
 taskq_restore_user(TaskqAsOwner *save)
 {
+	taskq_restore_search_path(save->gucnest);
 	SetUserIdAndSecContext(save->save_userid, save->save_sec_context);
+}
+
+/*
+ * Run our own statements under TASKQ_SAFE_SEARCH_PATH until the matching
+ * taskq_restore_search_path(), as PostgreSQL 17's RestrictSearchPath()
+ * does for maintenance commands.  Our SQL spells every operator, function
+ * and type with its schema, but an implicit operator (IN, a join's USING)
+ * is easy to write by mistake, and a plan is re-analysed under whatever
+ * search_path it next runs with; with a fixed search_path neither the
+ * caller's session nor ALTER DATABASE ... SET can put an object of theirs
+ * into a statement that runs as the table owner or in a dispatcher.
+ * Returns the GUC nest level to pass back.
+ */
+int
+taskq_restrict_search_path(void)
+{
+	int			nest = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", TASKQ_SAFE_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	return nest;
+}
+
+/* Undo taskq_restrict_search_path(); nested calls undo in reverse order. */
+void
+taskq_restore_search_path(int nest)
+{
+	AtEOXact_GUC(true, nest);
 }
 
 /*

@@ -122,6 +122,8 @@ set_state(TaskqWorkerState state)
 static bool
 start_task(TaskqTask *task)
 {
+	/* published with current_task, under the lock taskq_start_task takes */
+	my_slot->current_owner = task->owner;
 	if (!taskq_start_task(my_slot, task->id, task->queue, &cancel_seen))
 		return false;
 	taskq_suspect_file_write(MyDatabaseId, task->id);
@@ -219,6 +221,44 @@ between_batches(void)
 }
 
 /* ----------------------------------------------------------------
+ * search_path
+ *
+ * Our own statements run under TASKQ_SAFE_SEARCH_PATH, set for the whole
+ * session when the dispatcher starts, before any statement: the
+ * search_path that ALTER DATABASE ... SET gives the session is the
+ * database owner's choice, and the dispatcher runs as a superuser.  It is
+ * set at session level (PGC_S_SESSION), which neither a reload nor a
+ * lower source overrides, and which leaves the database's value as the
+ * setting's reset value.
+ *
+ * A handler runs with that reset value (the search_path postgresql.conf
+ * and ALTER DATABASE ... SET give sessions of this database, as in 0.1),
+ * unless its function has its own SET search_path clause.  It is set in
+ * the GUC nest level of the handler's call and undone with it, so that
+ * neither it nor anything the handler sets (SET, set_config, RESET, for
+ * the session or locally, returning or failing) reaches our next
+ * statement.
+ * ----------------------------------------------------------------
+ */
+
+static void
+restrict_session_search_path(void)
+{
+	(void) set_config_option("search_path", TASKQ_SAFE_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SET, true, 0, false);
+}
+
+/* Inside the handler's GUC nest level: the database's search_path. */
+static void
+set_handler_search_path(void)
+{
+	char	   *path = pstrdup(GetConfigOptionResetString("search_path"));
+
+	(void) set_config_option("search_path", path,
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+}
+
+/* ----------------------------------------------------------------
  * Transactions
  * ----------------------------------------------------------------
  */
@@ -278,6 +318,7 @@ check_extension_version(void)
 		return;
 	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
 	strlcpy(my_slot->last_error, found, sizeof(my_slot->last_error));
+	my_slot->last_error_owner = InvalidOid;
 	LWLockRelease(taskq_lock());
 	exit_because(TASKQ_EXIT_WRONG_VERSION);
 }
@@ -416,7 +457,7 @@ maintenance(void)
 										 " run_at = pg_catalog.clock_timestamp(),"
 										 " last_error = 'no ack() within taskq.ack_timeout (attempt '"
 										 "   OPERATOR(pg_catalog.||) attempts::pg_catalog.text OPERATOR(pg_catalog.||) ')'"
-										 " WHERE id IN (SELECT id FROM taskq.tasks"
+										 " WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
 										 "   WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
 										 "   AND lease_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
 										 "   FOR UPDATE SKIP LOCKED)"
@@ -439,7 +480,7 @@ maintenance(void)
 	/* Queued tasks past expires_at end 'expired'. */
 	ret = SPI_execute_plan(taskq_prepare(&expire_plan,
 										 "UPDATE taskq.tasks SET status = 'expired', finished_at = pg_catalog.now()"
-										 " WHERE id IN (SELECT id FROM taskq.tasks"
+										 " WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
 										 "   WHERE status OPERATOR(pg_catalog.=) 'queued'"
 										 "   AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
@@ -451,7 +492,7 @@ maintenance(void)
 	/* Ended tasks older than taskq.retention are removed. */
 	values[0] = Int32GetDatum(taskq_retention);
 	ret = SPI_execute_plan(taskq_prepare(&retention_plan,
-										 "DELETE FROM taskq.tasks WHERE id IN (SELECT id FROM taskq.tasks"
+										 "DELETE FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
 										 "   WHERE status " TASKQ_SQL_ENDED
 										 "   AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now()"
 										 "     OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))"
@@ -867,6 +908,7 @@ record_failure(TaskqTask *task, const char *error, bool timed_out)
 	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
 	my_slot->failed++;
 	strlcpy(my_slot->last_error, msg, sizeof(my_slot->last_error));
+	my_slot->last_error_owner = task->owner;
 	my_slot->last_error_at = GetCurrentTimestamp();
 	LWLockRelease(taskq_lock());
 	taskq_count_outcome(MyDatabaseId, task->queue, task->handler, 0, final ? 1 : 0, final ? 0 : 1);
@@ -941,10 +983,11 @@ run_task(TaskqTask *task, TaskqHandler *h)
 		SetUserIdAndSecContext(task->owner,
 							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 		gucnest = NewGUCNestLevel();
+		set_handler_search_path();
 		enable_timeout_after(STATEMENT_TIMEOUT, (int) task->timeout_ms);
 		taskq_execute(task, h, false, &out);
 		disable_timeout(STATEMENT_TIMEOUT, false);
-		AtEOXact_GUC(false, gucnest);	/* undo any SET the handler did */
+		AtEOXact_GUC(false, gucnest);	/* undo any SET the handler did, and ours */
 		SetUserIdAndSecContext(save_userid, save_sec);
 
 		if (!record_success(task, &out))
@@ -1136,8 +1179,10 @@ taskq_dispatcher_main(Datum arg)
 	my_slot->state = TASKQ_STATE_STARTING;
 	my_slot->exit_reason = TASKQ_EXIT_ERROR;	/* until we know better */
 	my_slot->current_task = 0;
+	my_slot->current_owner = InvalidOid;
 	my_slot->processed = my_slot->failed = 0;
 	my_slot->last_error[0] = '\0';
+	my_slot->last_error_owner = InvalidOid;
 	LWLockRelease(taskq_lock());
 	before_shmem_exit(dispatcher_exit, (Datum) 0);
 
@@ -1159,6 +1204,7 @@ taskq_dispatcher_main(Datum arg)
 #endif
 	batch_ctx = AllocSetContextCreate(TopMemoryContext, "taskq batch", ALLOCSET_DEFAULT_SIZES);
 	StartTransactionCommand();
+	restrict_session_search_path();
 	strlcpy(my_dbname, get_database_name(MyDatabaseId), sizeof(my_dbname));
 	check_extension_version();
 	CommitTransactionCommand();

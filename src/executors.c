@@ -44,13 +44,22 @@ static Oid
 lookup_function(const char *target, char **sig_out)
 {
 	char	   *sig = strchr(target, '(') ? pstrdup(target) : psprintf("%s(jsonb)", target);
+	size_t		len = strlen(sig);
+	char	   *lookup = sig;
 	MemoryContext oldcontext = CurrentMemoryContext;
 	volatile Oid fn = InvalidOid;
 	ErrorData  *volatile edata = NULL;
 
+	/*
+	 * The argument type, which is always jsonb, is looked up in pg_catalog
+	 * itself: a dispatcher resolves the stored 'schema.fn(jsonb)' under the
+	 * handler's search_path, where another type could be named jsonb.
+	 */
+	if (len > 7 && strcmp(sig + len - 7, "(jsonb)") == 0)
+		lookup = psprintf("%.*s(pg_catalog.jsonb)", (int) (len - 7), sig);
 	PG_TRY();
 	{
-		fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein, CStringGetDatum(sig)));
+		fn = DatumGetObjectId(DirectFunctionCall1(regprocedurein, CStringGetDatum(lookup)));
 	}
 	PG_CATCH();
 	{

@@ -34,7 +34,8 @@ static SPIPlanPtr delete_plan = NULL;
 
 /*
  * Look up a handler; the caller has SPI connected and may read
- * taskq.handlers.  Returns false when it is not registered.
+ * taskq.handlers.  Returns false when it is not registered.  Runs as the
+ * caller, but under our fixed search_path like every statement of ours.
  */
 bool
 taskq_lookup_handler(const char *name, TaskqHandler *h)
@@ -46,6 +47,7 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		d;
+	int			gucnest = taskq_restrict_search_path();
 
 	plan = taskq_prepare(&lookup_plan,
 						 "SELECT kind, target, queue, priority, max_attempts,"
@@ -56,6 +58,7 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 	values[0] = CStringGetTextDatum(name);
 	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.handlers");
+	taskq_restore_search_path(gucnest);
 	if (SPI_processed == 0)
 		return false;
 

@@ -8,9 +8,11 @@
  */
 #include "taskq.h"
 
-#include "funcapi.h"
+#include "catalog/pg_authid.h"
 #include "commands/dbcommands.h"
+#include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -68,7 +70,24 @@ state_name(TaskqWorkerState state)
 }
 
 /*
+ * Whether the caller may see what a worker holds of role owner's tasks
+ * (its current task, its last error): as taskq.tasks' row-level security
+ * lets a role see the tasks of roles whose privileges it has, and as
+ * pg_stat_statements shows query text to pg_read_all_stats.  all says the
+ * caller has pg_read_all_stats (superusers do).  InvalidOid is no role's:
+ * taskq's own messages, shown to everyone.
+ */
+static bool
+may_see_owner(bool all, Oid owner)
+{
+	return all || !OidIsValid(owner) || has_privs_of_role(GetUserId(), owner);
+}
+
+/*
  * taskq._workers(): the launcher, then one row per live dispatcher.
+ * Another role's current task shows as NULL (with its queue and start)
+ * and its last error as '<insufficient privilege>', as pg_stat_activity
+ * shows another role's query; the counts are shown to everyone.
  */
 Datum
 taskq_list_workers(PG_FUNCTION_ARGS)
@@ -79,6 +98,7 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 				n = 0;
 	pid_t		launcher = taskq_launcher_pid();
 	TaskqSlot  *copy;
+	bool		all = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 
 	taskq_materialize(fcinfo, &store, &desc);
 	if (launcher != 0)
@@ -114,22 +134,24 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 		Datum		values[13] = {0};
 		bool		nulls[13] = {false};
 		char	   *dbname = get_database_name(s->dboid);
+		bool		no_task = s->current_task == 0 || !may_see_owner(all, s->current_owner);
 
 		values[0] = Int32GetDatum(s->pid);
 		values[1] = CStringGetTextDatum("dispatcher");
 		values[2] = DirectFunctionCall1(namein, CStringGetDatum(dbname ? dbname : "?"));
 		values[3] = Int32GetDatum(s->index);
 		values[4] = CStringGetTextDatum(s->current_queue);
-		nulls[4] = s->current_task == 0;
+		nulls[4] = no_task;
 		values[5] = CStringGetTextDatum(state_name(s->state));
 		values[6] = Int64GetDatum(s->current_task);
-		nulls[6] = s->current_task == 0;
+		nulls[6] = no_task;
 		values[7] = TimestampTzGetDatum(s->task_started_at);
-		nulls[7] = s->current_task == 0;
+		nulls[7] = no_task;
 		values[8] = TimestampTzGetDatum(s->started_at);
 		values[9] = Int64GetDatum(s->processed);
 		values[10] = Int64GetDatum(s->failed);
-		values[11] = CStringGetTextDatum(s->last_error);
+		values[11] = CStringGetTextDatum(may_see_owner(all, s->last_error_owner) ?
+										 s->last_error : "<insufficient privilege>");
 		nulls[11] = s->last_error[0] == '\0';
 		values[12] = TimestampTzGetDatum(s->last_error_at);
 		nulls[12] = s->last_error[0] == '\0';

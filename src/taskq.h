@@ -122,6 +122,12 @@ typedef enum TaskqExitReason
  * take TaskqShared->lock shared; the owner writes with it exclusive, except
  * the counters, which only the owner writes and monitoring reads torn-free
  * enough on every platform we build for.
+ *
+ * current_owner is the role that enqueued current_task, last_error_owner
+ * the role whose task failed with last_error: taskq.workers shows the task
+ * and the error only to roles that may see that role's tasks (monitor.c).
+ * A last_error without an owner (InvalidOid) is taskq's own, such as the
+ * version found.
  */
 typedef struct TaskqSlot
 {
@@ -134,12 +140,14 @@ typedef struct TaskqSlot
 	TaskqWorkerState state;
 	TaskqExitReason exit_reason;
 	int64		current_task;	/* 0 when no handler is running */
+	Oid			current_owner;	/* the role that enqueued current_task */
 	pg_atomic_uint32 wake_pending;	/* a commit woke it since its last claim */
 	TimestampTz task_started_at;
 	char		current_queue[TASKQ_NAME_MAXLEN + 1];
 	int64		processed;
 	int64		failed;
 	char		last_error[256];
+	Oid			last_error_owner;	/* the role whose task failed so */
 	TimestampTz last_error_at;
 } TaskqSlot;
 
@@ -180,16 +188,22 @@ extern int	taskq_read_counters(Oid dboid, Tuplestorestate *store, TupleDesc desc
  * ----------------------------------------------------------------
  */
 
-/* Runs SPI as the owner of taskq.tasks; see common.c. */
+/* Runs SPI as the owner of taskq.tasks, under TASKQ_SAFE_SEARCH_PATH; see common.c. */
 typedef struct TaskqAsOwner
 {
 	Oid			save_userid;
 	int			save_sec_context;
+	int			gucnest;		/* of the restricted search_path */
 } TaskqAsOwner;
+
+/* The search_path of taskq's own statements: nobody's objects but core's. */
+#define TASKQ_SAFE_SEARCH_PATH	"pg_catalog, pg_temp"
 
 extern Oid	taskq_caller(void);
 extern void taskq_become_owner(TaskqAsOwner *save);
 extern void taskq_restore_user(TaskqAsOwner *save);
+extern int	taskq_restrict_search_path(void);
+extern void taskq_restore_search_path(int nest);
 extern SPIPlanPtr taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr taskq_prepare_custom(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);
 extern SPIPlanPtr taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes);

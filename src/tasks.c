@@ -492,7 +492,7 @@ taskq_nack(PG_FUNCTION_ARGS)
  * taskq.wait(id, timeout): poll the task, sleeping on our latch between
  * looks (1 ms doubling to 50 ms), until it ends or the timeout passes;
  * return its row either way.  Reads as the caller, so a role waits only
- * on tasks it can see.
+ * on tasks it can see (under our fixed search_path, though).
  */
 Datum
 taskq_wait(PG_FUNCTION_ARGS)
@@ -504,6 +504,7 @@ taskq_wait(PG_FUNCTION_ARGS)
 	Oid			types[1] = {INT8OID};
 	Datum		values[1] = {Int64GetDatum(id)};
 	Datum		row;
+	int			gucnest;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -520,6 +521,7 @@ taskq_wait(PG_FUNCTION_ARGS)
 	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
 
 	SPI_connect();
+	gucnest = taskq_restrict_search_path();
 	for (;;)
 	{
 		bool		isnull;
@@ -553,6 +555,7 @@ taskq_wait(PG_FUNCTION_ARGS)
 		CHECK_FOR_INTERRUPTS();
 		sleep_ms = Min(sleep_ms * 2, 50);
 	}
+	taskq_restore_search_path(gucnest);
 	row = SPI_datumTransfer(row, false, -1);
 	SPI_finish();
 	PG_RETURN_DATUM(row);
