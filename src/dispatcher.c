@@ -291,13 +291,13 @@ check_extension_version(void)
  * Charge crash suspects and requeue orphans, in one statement: a task is
  * an orphan when it is 'running' but its dispatcher is gone.  An orphan
  * that was a suspect (its handler was running when its dispatcher died)
- * has its crash counted; the others were only claimed and go back as they
- * were.  A dispatcher killed from outside looks exactly like a handler
- * that kills its own worker, so the first crash is free and each later one
- * costs an attempt: an innocent task completes with its attempts intact,
- * a poison task still ends 'failed'.  The suspect check runs after the
- * liveness check, and a dying dispatcher records its suspect before it
- * leaves its slot, so no suspect is requeued uncounted.
+ * has its crash counted, and every crash costs an attempt (DESIGN §6): a
+ * reset drops every connection of every application, so bounding the
+ * resets a poison task causes by max_attempts comes before sparing an
+ * attempt to a task that an outside kill -9 happened to hit.  The others
+ * were only claimed and go back as they were.  The suspect check runs
+ * after the liveness check, and a dying dispatcher records its suspect
+ * before it leaves its slot, so no suspect is requeued uncounted.
  *
  * A suspect may also be 'queued': its claim committed without waiting for
  * the WAL flush (taskq.synchronous_commit = off) and the crash took the
@@ -335,17 +335,15 @@ reap_orphans(void)
 		"  last_error = CASE WHEN o.suspect OPERATOR(pg_catalog.=) 1"
 		"    THEN 'the dispatcher exited abnormally while running this task (crash '"
 		"         OPERATOR(pg_catalog.||) (t.crashes OPERATOR(pg_catalog.+) 1)::pg_catalog.text"
-		"         OPERATOR(pg_catalog.||) CASE WHEN o.charge OPERATOR(pg_catalog.=) 1"
-		"           THEN ', counted as attempt ' OPERATOR(pg_catalog.||) (t.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text"
-		"           ELSE ', not counted' END OPERATOR(pg_catalog.||) ')'"
+		"         OPERATOR(pg_catalog.||) ', counted as attempt '"
+		"         OPERATOR(pg_catalog.||) (t.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text OPERATOR(pg_catalog.||) ')'"
 		"    ELSE t.last_error END,"
 		"  status = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.>=) t.max_attempts"
 		"    THEN 'failed' ELSE 'queued' END::taskq.status,"
 		"  finished_at = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.>=) t.max_attempts"
 		"    THEN pg_catalog.clock_timestamp() END"
-		" FROM (SELECT id, s::pg_catalog.int4 AS suspect,"
-		"         (s AND crashes OPERATOR(pg_catalog.>) 0)::pg_catalog.int4 AS charge"
-		"       FROM (SELECT id, crashes, taskq._crash_suspect(id) AS s"
+		" FROM (SELECT id, s::pg_catalog.int4 AS suspect, s::pg_catalog.int4 AS charge"
+		"       FROM (SELECT id, taskq._crash_suspect(id) AS s"
 		"             FROM taskq.tasks"
 		"             WHERE (status OPERATOR(pg_catalog.=) 'running'"
 		"                    AND NOT taskq._dispatcher_alive(worker_pid, started_at))"
@@ -353,7 +351,7 @@ reap_orphans(void)
 		"                    AND id OPERATOR(pg_catalog.=) ANY ($1))"
 		"             FOR UPDATE SKIP LOCKED) x) o"
 		" WHERE t.id OPERATOR(pg_catalog.=) o.id"
-		" RETURNING t.id, o.suspect, t.status::pg_catalog.text, t.queue, t.handler, o.charge";
+		" RETURNING t.id, o.suspect, t.status::pg_catalog.text, t.queue, t.handler";
 
 	exits = taskq_dispatcher_exits();	/* before the scan: later exits reap again */
 	if (reaped && exits == exits_reaped)
@@ -375,15 +373,14 @@ reap_orphans(void)
 		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 		bool		suspect = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)) == 1;
 		char	   *status = SPI_getvalue(tup, desc, 3);
-		bool		charge = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)) == 1;
 
 		if (suspect)
 		{
 			if (ncharged < (int) lengthof(charged))
 				charged[ncharged++] = id;
 			ereport(LOG,
-					(errmsg("taskq: task " INT64_FORMAT " was running when its dispatcher exited abnormally; %s, now %s",
-							id, charge ? "charged one attempt" : "first crash, not charged", status)));
+					(errmsg("taskq: task " INT64_FORMAT " was running when its dispatcher exited abnormally; charged one attempt, now %s",
+							id, status)));
 			taskq_count_outcome(MyDatabaseId, SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
 								0, strcmp(status, "failed") == 0, strcmp(status, "failed") != 0);
 		}
