@@ -47,6 +47,21 @@ BEGIN
 END
 $adopt$;
 
+------------------------------------------------------------------------
+-- Reaping tells crashes from handlers that ignored their timeout.
+--
+-- A handler that traps its timeout's error and runs on has its dispatcher
+-- terminated by the launcher; the task is then charged a timed-out
+-- attempt, not a crash.  taskq._crash_suspect() stays for 0.1's sake.
+------------------------------------------------------------------------
+CREATE FUNCTION taskq._orphan_cause(id bigint)
+RETURNS text
+AS 'MODULE_PATHNAME', 'taskq_orphan_cause'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION taskq._orphan_cause(bigint)
+    IS 'internal: why the task''s handler ended with its dispatcher: crash, timeout, or NULL';
+REVOKE ALL ON FUNCTION taskq._orphan_cause(bigint) FROM PUBLIC;
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();
