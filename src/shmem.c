@@ -10,14 +10,20 @@
  * would serialise commits).  A rollback wakes nobody.
  *
  * Crash suspects.  A dispatcher writes the id of the task whose handler it
- * is about to run into its own small file, pg_taskq/slot_<n> (mapped into
- * memory, so marking costs no system call), and clears it after.  When a handler kills its worker (FATAL) the slot's before-exit
+ * is about to run into its own small file, pg_stat_tmp/taskq_slot_<n>
+ * (mapped into memory, so marking costs no system call), and clears it
+ * after.  When a handler kills its worker (FATAL) the slot's before-exit
  * callback records the task as a suspect; when it takes the server down
  * (a crash restart re-creates shared memory) the postmaster reads the files
  * back here.  Dispatchers charge each suspect one attempt, every crash
  * (DESIGN §6), so a task that keeps killing its worker ends 'failed' after
  * max_attempts, having reset the server at most that often, while the
  * other tasks of its batch are not charged.
+ *
+ * The files are in pg_stat_tmp because pg_basebackup and pg_rewind copy
+ * nothing of its contents (pg_stat_statements keeps its query texts there
+ * for the same reason): a standby made from a base backup must not charge,
+ * once promoted, a crash to the task a primary's handler was running.
  *
  * Overrunning handlers.  A handler can trap the query_canceled error that
  * its timeout or a cancel() raises and carry on.  taskq_start_task notes
@@ -41,6 +47,7 @@
 
 #include "access/xact.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
@@ -51,8 +58,9 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#define TASKQ_MARKER_DIR	"pg_taskq"
-#define TASKQ_MARKER_PREFIX	"slot_"
+#define TASKQ_MARKER_DIR	PG_STAT_TMP_DIR
+#define TASKQ_MARKER_PREFIX	"taskq_slot_"
+#define TASKQ_LEGACY_MARKER_DIR "pg_taskq"	/* 0.1's, copied by base backups */
 #define TASKQ_MAX_SUSPECTS	64
 #define TASKQ_MAX_EXT_WAKEUPS 16
 #define TASKQ_MAX_COUNTERS	1024
@@ -157,6 +165,24 @@ shmem_request(void)
 }
 
 /*
+ * taskq 0.1 kept its crash markers in PGDATA/pg_taskq, which base backups
+ * copy.  Whatever is left there is from before the library was replaced,
+ * which took a full restart, so the markers mean nothing now: remove them.
+ */
+static void
+remove_legacy_markers(void)
+{
+	struct stat st;
+
+	if (stat(TASKQ_LEGACY_MARKER_DIR, &st) != 0 || !S_ISDIR(st.st_mode))
+		return;
+	if (rmtree(TASKQ_LEGACY_MARKER_DIR, true))
+		ereport(LOG,
+				(errmsg("taskq: removed directory \"%s\", where taskq 0.1 kept its crash markers",
+						TASKQ_LEGACY_MARKER_DIR)));
+}
+
+/*
  * Read the crash markers a crashed server left behind, then remove them.
  * Runs in the postmaster when shared memory is created.
  */
@@ -166,7 +192,8 @@ load_suspect_files(void)
 	DIR		   *dir;
 	struct dirent *de;
 
-	if (mkdir(TASKQ_MARKER_DIR, S_IRWXU) != 0 && errno != EEXIST)
+	remove_legacy_markers();
+	if (MakePGDirectory(TASKQ_MARKER_DIR) != 0 && errno != EEXIST)
 	{
 		ereport(LOG,
 				(errcode_for_file_access(),
@@ -690,7 +717,7 @@ taskq_suspect_file_open(int slot)
 	char		path[MAXPGPATH];
 	int			fd;
 
-	(void) mkdir(TASKQ_MARKER_DIR, S_IRWXU);
+	(void) MakePGDirectory(TASKQ_MARKER_DIR);
 	snprintf(path, sizeof(path), "%s/" TASKQ_MARKER_PREFIX "%d", TASKQ_MARKER_DIR, slot);
 	fd = BasicOpenFile(path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY);
 	if (fd < 0 || ftruncate(fd, sizeof(TaskqMarker)) != 0)
