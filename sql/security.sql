@@ -152,6 +152,7 @@ SELECT taskq.resume('default');
 -- no internal functions
 SELECT taskq._dispatcher_alive(1, now());
 SELECT taskq._crash_suspect(:alice_task);
+SELECT taskq._orphan_cause(:alice_task);
 SELECT taskq._wake_launcher();
 
 -- no superuser-only settings

@@ -64,6 +64,21 @@ ALTER VIEW taskq.stats SET (security_invoker = true);
 COMMENT ON VIEW taskq.workers IS 'one row per live taskq worker; another role''s current task and last error show only to roles with its privileges and to pg_read_all_stats';
 COMMENT ON VIEW taskq.stats IS 'per queue and handler: the caller''s visible tasks by status, the oldest due task''s age, and outcome counters since the server started (of all roles)';
 
+------------------------------------------------------------------------
+-- Reaping tells crashes from handlers that ignored their timeout.
+--
+-- A handler that traps its timeout's error and runs on has its dispatcher
+-- terminated by the launcher; the task is then charged a timed-out
+-- attempt, not a crash.  taskq._crash_suspect() stays for 0.1's sake.
+------------------------------------------------------------------------
+CREATE FUNCTION taskq._orphan_cause(id bigint)
+RETURNS text
+AS 'MODULE_PATHNAME', 'taskq_orphan_cause'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION taskq._orphan_cause(bigint)
+    IS 'internal: why the task''s handler ended with its dispatcher: crash, timeout, or NULL';
+REVOKE ALL ON FUNCTION taskq._orphan_cause(bigint) FROM PUBLIC;
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

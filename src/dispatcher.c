@@ -28,7 +28,10 @@
  * Between batches a dispatcher holds no transaction, snapshot or lock.  A
  * task that another session cancels while it runs is interrupted at that
  * session's commit (shmem.c); our status update then finds the task no
- * longer 'running' and we roll the handler's subtransaction back.
+ * longer 'running' and we roll the handler's subtransaction back.  A
+ * handler that traps its timeout's or a cancel's error and runs on is
+ * stopped by the launcher, which terminates us after taskq.interrupt_grace
+ * (shmem.c); the task's attempt is then charged as a timeout, not a crash.
  *
  * Maintenance (at most once a second): charge crash suspects and return
  * orphaned 'running' tasks to the queue, redeliver notify tasks whose
@@ -97,6 +100,7 @@ static SPIPlanPtr success_plan = NULL;
 static SPIPlanPtr remove_plan = NULL;
 static SPIPlanPtr failure_plan = NULL;
 static SPIPlanPtr reap_plan = NULL;
+static SPIPlanPtr backoff_plan = NULL;
 static SPIPlanPtr lease_plan = NULL;
 static SPIPlanPtr expire_plan = NULL;
 static SPIPlanPtr retention_plan = NULL;
@@ -124,7 +128,7 @@ start_task(TaskqTask *task)
 {
 	/* published with current_task, under the lock taskq_start_task takes */
 	my_slot->current_owner = task->owner;
-	if (!taskq_start_task(my_slot, task->id, task->queue, &cancel_seen))
+	if (!taskq_start_task(my_slot, task->id, task->queue, task->timeout_ms, &cancel_seen))
 		return false;
 	taskq_suspect_file_write(MyDatabaseId, task->id);
 	return true;
@@ -138,21 +142,28 @@ end_task(void)
 }
 
 /*
- * Before exit: a handler that was running when we exited (FATAL, e.g. it
- * terminated its own backend) becomes a crash suspect; then free the slot.
+ * Before exit, and before we leave the slot (see reap_orphans): a handler
+ * that was running when we exited becomes a suspect.  If the launcher
+ * terminated us because the handler ignored its timeout, a timeout one;
+ * if it ignored a cancel(), none (its task is 'cancelled' already); else
+ * a crash one (FATAL, e.g. it terminated its own backend).  The shared
+ * suspect replaces the crash marker file, which only a crash keeps.
  */
 static void
 dispatcher_exit(int code, Datum arg)
 {
 	if (my_slot == NULL)
 		return;
-	if (my_slot->current_task != 0)
-	{
-		taskq_add_suspect(my_slot->dboid, my_slot->current_task);
-		/* the shared suspect replaces the file; keep it only for a crash */
-	}
 	if (!LWLockHeldByMe(taskq_lock()))
 		LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	if (my_slot->stop_task != 0)
+	{
+		if (my_slot->stop_cause == TASKQ_CAUSE_TIMEOUT)
+			taskq_add_suspect(my_slot->dboid, my_slot->stop_task, TASKQ_CAUSE_TIMEOUT);
+		my_slot->exit_reason = TASKQ_EXIT_STOPPED;
+	}
+	else if (my_slot->current_task != 0)
+		taskq_add_suspect(my_slot->dboid, my_slot->current_task, TASKQ_CAUSE_CRASH);
 	my_slot->pid = 0;
 	my_slot->procno = -1;
 	my_slot->current_task = 0;
@@ -329,16 +340,19 @@ check_extension_version(void)
  */
 
 /*
- * Charge crash suspects and requeue orphans, in one statement: a task is
- * an orphan when it is 'running' but its dispatcher is gone.  An orphan
- * that was a suspect (its handler was running when its dispatcher died)
- * has its crash counted; the others were only claimed and go back as they
- * were.  A dispatcher killed from outside looks exactly like a handler
- * that kills its own worker, so the first crash is free and each later one
- * costs an attempt: an innocent task completes with its attempts intact,
- * a poison task still ends 'failed'.  The suspect check runs after the
- * liveness check, and a dying dispatcher records its suspect before it
- * leaves its slot, so no suspect is requeued uncounted.
+ * Charge suspects and requeue orphans, in one statement: a task is an
+ * orphan when it is 'running' but its dispatcher is gone.  An orphan whose
+ * handler was running when its dispatcher died (a suspect) is charged one
+ * attempt.  A crash is counted in crashes too, every one of them (DESIGN
+ * §6): a reset drops every connection of every application, so bounding
+ * the resets a poison task causes by max_attempts comes before sparing an
+ * attempt to a task that an outside kill -9 happened to hit.  A handler
+ * that ignored its timeout until the launcher terminated its dispatcher
+ * is charged a timed-out attempt, not a crash: it ends 'timeout' after
+ * its last attempt, and is retried after the backoff before.  The other
+ * orphans were only claimed and go back as they were.  The suspect check
+ * runs after the liveness check, and a dying dispatcher records its
+ * suspect before it leaves its slot, so no suspect is requeued uncounted.
  *
  * A suspect may also be 'queued': its claim committed without waiting for
  * the WAL flush (taskq.synchronous_commit = off) and the crash took the
@@ -355,6 +369,57 @@ check_extension_version(void)
 static uint64 exits_reaped = 0;
 static bool reaped = false;
 
+#define REAP_SQL \
+	"UPDATE taskq.tasks t SET" \
+	"  crashes = t.crashes OPERATOR(pg_catalog.+) o.crash," \
+	"  attempts = t.attempts OPERATOR(pg_catalog.+) o.charge," \
+	"  worker_pid = NULL," \
+	"  last_error = CASE WHEN o.crash OPERATOR(pg_catalog.=) 1" \
+	"    THEN 'the dispatcher exited abnormally while running this task (crash '" \
+	"         OPERATOR(pg_catalog.||) (t.crashes OPERATOR(pg_catalog.+) 1)::pg_catalog.text" \
+	"         OPERATOR(pg_catalog.||) ', counted as attempt '" \
+	"         OPERATOR(pg_catalog.||) (t.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text OPERATOR(pg_catalog.||) ')'" \
+	"    WHEN o.charge OPERATOR(pg_catalog.=) 1" \
+	"    THEN 'timed out after '" \
+	"         OPERATOR(pg_catalog.||) pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8::pg_catalog.text" \
+	"         OPERATOR(pg_catalog.||) ' ms; the handler did not stop within taskq.interrupt_grace, so its dispatcher was terminated'" \
+	"    ELSE t.last_error END," \
+	"  status = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.<) t.max_attempts THEN 'queued'" \
+	"    WHEN o.crash OPERATOR(pg_catalog.=) 1 THEN 'failed' ELSE 'timeout' END::taskq.status," \
+	"  finished_at = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.>=) t.max_attempts" \
+	"    THEN pg_catalog.clock_timestamp() END" \
+	" FROM (SELECT id, COALESCE(cause OPERATOR(pg_catalog.=) 'crash', false)::pg_catalog.int4 AS crash," \
+	"         (cause IS NOT NULL)::pg_catalog.int4 AS charge" \
+	"       FROM (SELECT id, taskq._orphan_cause(id) AS cause" \
+	"             FROM taskq.tasks" \
+	"             WHERE (status OPERATOR(pg_catalog.=) 'running'" \
+	"                    AND NOT taskq._dispatcher_alive(worker_pid, started_at))" \
+	"                OR (status OPERATOR(pg_catalog.=) 'queued'" \
+	"                    AND id OPERATOR(pg_catalog.=) ANY ($1))" \
+	"             FOR UPDATE SKIP LOCKED) x) o" \
+	" WHERE t.id OPERATOR(pg_catalog.=) o.id" \
+	" RETURNING t.id, o.crash, o.charge, t.status::pg_catalog.text, t.queue, t.handler, t.attempts"
+
+/* A timed-out orphan with attempts left waits for its backoff. */
+static void
+delay_retry(int64 id, int attempts)
+{
+	Oid			types[2] = {INT8OID, INT8OID};
+	Datum		values[2];
+	int64		delay_ms = taskq_backoff_ms(attempts);
+
+	values[0] = Int64GetDatum(id);
+	values[1] = Int64GetDatum(delay_ms);
+	if (SPI_execute_plan(taskq_prepare(&backoff_plan,
+									   "UPDATE taskq.tasks SET run_at = pg_catalog.clock_timestamp()"
+									   " OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2 OPERATOR(pg_catalog./) 1000.0)"
+									   " WHERE id OPERATOR(pg_catalog.=) $1",
+									   2, types),
+						 values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "taskq: delaying the retry of task " INT64_FORMAT " failed", id);
+	retry_hint = Min(retry_hint, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms));
+}
+
 static void
 reap_orphans(void)
 {
@@ -366,35 +431,11 @@ reap_orphans(void)
 	Datum		values[1];
 	int64		charged[64];
 	int			ncharged = 0;
+	int64		delayed[64];
+	int			delayed_attempts[64];
+	int			ndelayed = 0;
 	int			ret;
 	uint64		exits;
-	const char *sql =
-		"UPDATE taskq.tasks t SET"
-		"  crashes = t.crashes OPERATOR(pg_catalog.+) o.suspect,"
-		"  attempts = t.attempts OPERATOR(pg_catalog.+) o.charge,"
-		"  worker_pid = NULL,"
-		"  last_error = CASE WHEN o.suspect OPERATOR(pg_catalog.=) 1"
-		"    THEN 'the dispatcher exited abnormally while running this task (crash '"
-		"         OPERATOR(pg_catalog.||) (t.crashes OPERATOR(pg_catalog.+) 1)::pg_catalog.text"
-		"         OPERATOR(pg_catalog.||) CASE WHEN o.charge OPERATOR(pg_catalog.=) 1"
-		"           THEN ', counted as attempt ' OPERATOR(pg_catalog.||) (t.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text"
-		"           ELSE ', not counted' END OPERATOR(pg_catalog.||) ')'"
-		"    ELSE t.last_error END,"
-		"  status = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.>=) t.max_attempts"
-		"    THEN 'failed' ELSE 'queued' END::taskq.status,"
-		"  finished_at = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.>=) t.max_attempts"
-		"    THEN pg_catalog.clock_timestamp() END"
-		" FROM (SELECT id, s::pg_catalog.int4 AS suspect,"
-		"         (s AND crashes OPERATOR(pg_catalog.>) 0)::pg_catalog.int4 AS charge"
-		"       FROM (SELECT id, crashes, taskq._crash_suspect(id) AS s"
-		"             FROM taskq.tasks"
-		"             WHERE (status OPERATOR(pg_catalog.=) 'running'"
-		"                    AND NOT taskq._dispatcher_alive(worker_pid, started_at))"
-		"                OR (status OPERATOR(pg_catalog.=) 'queued'"
-		"                    AND id OPERATOR(pg_catalog.=) ANY ($1))"
-		"             FOR UPDATE SKIP LOCKED) x) o"
-		" WHERE t.id OPERATOR(pg_catalog.=) o.id"
-		" RETURNING t.id, o.suspect, t.status::pg_catalog.text, t.queue, t.handler, o.charge";
 
 	exits = taskq_dispatcher_exits();	/* before the scan: later exits reap again */
 	if (reaped && exits == exits_reaped)
@@ -405,7 +446,7 @@ reap_orphans(void)
 		elems[i] = Int64GetDatum(suspects[i]);
 	values[0] = PointerGetDatum(construct_array(elems, nsuspects, INT8OID, sizeof(int64),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	ret = SPI_execute_plan(taskq_prepare(&reap_plan, sql, 1, types), values, NULL, false, 0);
+	ret = SPI_execute_plan(taskq_prepare(&reap_plan, REAP_SQL, 1, types), values, NULL, false, 0);
 	if (ret != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: reaping orphaned tasks failed: %s", SPI_result_code_string(ret));
 	for (i = 0; i < SPI_processed; i++)
@@ -414,23 +455,37 @@ reap_orphans(void)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		bool		suspect = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)) == 1;
-		char	   *status = SPI_getvalue(tup, desc, 3);
-		bool		charge = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull)) == 1;
+		bool		crash = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)) == 1;
+		bool		charge = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull)) == 1;
+		char	   *status = SPI_getvalue(tup, desc, 4);
+		int			attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		bool		ended = strcmp(status, "queued") != 0;
 
-		if (suspect)
+		if (!charge)
 		{
-			if (ncharged < (int) lengthof(charged))
-				charged[ncharged++] = id;
-			ereport(LOG,
-					(errmsg("taskq: task " INT64_FORMAT " was running when its dispatcher exited abnormally; %s, now %s",
-							id, charge ? "charged one attempt" : "first crash, not charged", status)));
-			taskq_count_outcome(MyDatabaseId, SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 5),
-								0, strcmp(status, "failed") == 0, strcmp(status, "failed") != 0);
-		}
-		else
 			elog(DEBUG1, "taskq: requeued task " INT64_FORMAT " claimed by a dispatcher that exited", id);
+			continue;
+		}
+		if (ncharged < (int) lengthof(charged))
+			charged[ncharged++] = id;
+		if (crash)
+			ereport(LOG,
+					(errmsg("taskq: task " INT64_FORMAT " was running when its dispatcher exited abnormally; charged attempt %d, now %s",
+							id, attempts, status)));
+		else
+			ereport(LOG,
+					(errmsg("taskq: task " INT64_FORMAT " ignored its timeout until its dispatcher was terminated; charged attempt %d, now %s",
+							id, attempts, status)));
+		if (!crash && !ended && ndelayed < (int) lengthof(delayed))
+		{
+			delayed[ndelayed] = id;
+			delayed_attempts[ndelayed++] = attempts;
+		}
+		taskq_count_outcome(MyDatabaseId, SPI_getvalue(tup, desc, 5), SPI_getvalue(tup, desc, 6),
+							0, ended, !ended);
 	}
+	for (i = 0; i < (uint64) ndelayed; i++)
+		delay_retry(delayed[i], delayed_attempts[i]);
 	taskq_forget_suspects(MyDatabaseId, charged, ncharged);
 	reaped = true;
 	exits_reaped = exits;
@@ -944,6 +999,7 @@ run_task(TaskqTask *task, TaskqHandler *h)
 	volatile bool cancelled = false;
 	volatile bool ok = false;
 	TimestampTz start = GetCurrentTimestamp();
+	TimestampTz handler_start;
 	Oid			save_userid;
 	int			save_sec;
 	ErrorData  *edata = NULL;
@@ -984,11 +1040,22 @@ run_task(TaskqTask *task, TaskqHandler *h)
 							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 		gucnest = NewGUCNestLevel();
 		set_handler_search_path();
+		handler_start = GetCurrentTimestamp();
 		enable_timeout_after(STATEMENT_TIMEOUT, (int) task->timeout_ms);
 		taskq_execute(task, h, false, &out);
 		disable_timeout(STATEMENT_TIMEOUT, false);
 		AtEOXact_GUC(false, gucnest);	/* undo any SET the handler did, and ours */
 		SetUserIdAndSecContext(save_userid, save_sec);
+		end_task();				/* the handler is done: no deadline, no crash marker */
+
+		/*
+		 * A handler that trapped its timeout's error and returned anyway
+		 * still timed out: its effects roll back.
+		 */
+		if (TimestampDifferenceExceeds(handler_start, GetCurrentTimestamp(), (int) task->timeout_ms))
+			ereport(ERROR,
+					(errcode(ERRCODE_QUERY_CANCELED),
+					 errmsg("task " INT64_FORMAT " returned after its timeout", task->id)));
 
 		if (!record_success(task, &out))
 		{
@@ -997,7 +1064,6 @@ run_task(TaskqTask *task, TaskqHandler *h)
 					(errcode(ERRCODE_QUERY_CANCELED),
 					 errmsg("task " INT64_FORMAT " was cancelled while it ran", task->id)));
 		}
-		end_task();
 		CHECK_FOR_INTERRUPTS();	/* a cancel signal that raced with us */
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);

@@ -13,9 +13,19 @@
  *
  *	no extension	in 10 s, or at once when CREATE EXTENSION commits there
  *	database busy	in 1 s (DROP DATABASE or a template copy wanted it)
+ *	stopped			at once (we stopped a handler that overran, see below)
  *	error or crash	after a backoff doubling from 1 s to 1 min
  *
  * so a misconfigured database costs a log line, not a restart loop.
+ *
+ * The launcher also enforces handler timeouts and cancels.  A handler can
+ * trap the error its timeout or a cancel() raises and run on, holding its
+ * dispatcher forever.  Each slot says by when its handler must have
+ * stopped (its timeout plus taskq.interrupt_grace, or a cancel plus the
+ * grace); past that we terminate the dispatcher, the way
+ * pg_terminate_backend() does: a FATAL error, which no handler can trap.
+ * We never SIGKILL, which would reset the whole server: a handler stuck
+ * where no interrupt is checked keeps its dispatcher.
  *
  *-------------------------------------------------------------------------
  */
@@ -390,6 +400,9 @@ dispatcher_stopped(Wanted *w)
 			delay = RETRY_BUSY_MS;
 			w->failures = 0;
 			break;
+		case TASKQ_EXIT_STOPPED:
+			delay = 0;			/* the handler was at fault, not the dispatcher */
+			break;
 		default:
 			/* an error or a crash; if it ran a good while, it was not a loop */
 			if (ran_since != 0 && TimestampDifferenceExceeds(ran_since, now, RETRY_ERROR_MAX_MS))
@@ -446,6 +459,47 @@ free_untracked_slots(void)
 			s->in_use = false;
 	}
 	LWLockRelease(taskq_lock());
+}
+
+/*
+ * Terminate the dispatchers whose handlers still run past their deadline,
+ * noting in the slot which task and why, so that the dispatcher's exit
+ * records the task as timed out or cancelled rather than crashed.  The
+ * signal is sent under the lock that a dispatcher takes to end its task,
+ * so it cannot reach one that has moved on unnoticed.  Returns the next
+ * deadline of a handler that runs now.
+ */
+static TimestampTz
+stop_overrunning_handlers(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = DT_NOEND;
+	int			i;
+
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	for (i = 0; i < taskq_slot_count(); i++)
+	{
+		TaskqSlot  *s = taskq_slot(i);
+
+		if (!s->in_use || s->pid == 0 || s->current_task == 0 || s->stop_task != 0)
+			continue;
+		if (s->task_deadline > now)
+		{
+			next = Min(next, s->task_deadline);
+			continue;
+		}
+		s->stop_task = s->current_task;
+		s->stop_cause = s->task_cancelled ? TASKQ_CAUSE_CANCEL : TASKQ_CAUSE_TIMEOUT;
+		ereport(LOG,
+				(errmsg("taskq: the handler of task " INT64_FORMAT " in database \"%s\" did not stop within taskq.interrupt_grace (%d ms) after its %s; terminating its dispatcher (PID %d)",
+						s->stop_task, database_name(s->dboid), taskq_interrupt_grace,
+						s->task_cancelled ? "cancel" : "timeout", (int) s->pid)));
+		if (kill(s->pid, SIGTERM) != 0)
+			ereport(LOG,
+					(errmsg("taskq: could not terminate dispatcher %d: %m", (int) s->pid)));
+	}
+	LWLockRelease(taskq_lock());
+	return next;
 }
 
 /*
@@ -529,10 +583,16 @@ taskq_launcher_main(Datum arg)
 
 	for (;;)
 	{
-		TimestampTz next = reconcile();
+		TimestampTz next;
 		long		wait_ms;
 
-		wait_ms = (long) ((next - GetCurrentTimestamp()) / 1000);
+		/* while we look, every handler that starts wakes us (shmem.c) */
+		taskq_set_launcher_pass(DT_NOEND);
+		next = reconcile();
+		next = Min(next, stop_overrunning_handlers());
+		taskq_set_launcher_pass(next);
+
+		wait_ms = (long) ((next - GetCurrentTimestamp() + 999) / 1000);
 		if (wait_ms < 1)
 			wait_ms = 1;
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -21,6 +21,7 @@ PG_FUNCTION_INFO_V1(taskq_list_counters);
 PG_FUNCTION_INFO_V1(taskq_dispatcher_alive);
 PG_FUNCTION_INFO_V1(taskq_wake_launcher);
 PG_FUNCTION_INFO_V1(taskq_crash_suspect);
+PG_FUNCTION_INFO_V1(taskq_orphan_cause);
 
 /*
  * Set up a materialized set-returning call: a tuplestore in the query's
@@ -208,9 +209,32 @@ taskq_wake_launcher(PG_FUNCTION_ARGS)
 }
 
 /* taskq._crash_suspect(id): whether the task's handler was running when
- * its dispatcher died (see shmem.c). */
+ * its dispatcher crashed (see shmem.c).  0.1's; reaping now asks
+ * taskq._orphan_cause(). */
 Datum
 taskq_crash_suspect(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_BOOL(taskq_is_suspect(MyDatabaseId, PG_GETARG_INT64(0)));
+	PG_RETURN_BOOL(taskq_suspect_cause(MyDatabaseId, PG_GETARG_INT64(0)) == TASKQ_CAUSE_CRASH);
+}
+
+/*
+ * taskq._orphan_cause(id): why the task's handler ended with its
+ * dispatcher, 'crash' or 'timeout' (the launcher stopped a handler that
+ * ignored its timeout), or NULL if it did not: what reaping charges the
+ * task (dispatcher.c).
+ */
+Datum
+taskq_orphan_cause(PG_FUNCTION_ARGS)
+{
+	switch (taskq_suspect_cause(MyDatabaseId, PG_GETARG_INT64(0)))
+	{
+		case TASKQ_CAUSE_CRASH:
+			PG_RETURN_TEXT_P(cstring_to_text("crash"));
+		case TASKQ_CAUSE_TIMEOUT:
+			PG_RETURN_TEXT_P(cstring_to_text("timeout"));
+		case TASKQ_CAUSE_NONE:
+		case TASKQ_CAUSE_CANCEL:
+			break;
+	}
+	PG_RETURN_NULL();
 }

@@ -10,13 +10,31 @@
  * would serialise commits).  A rollback wakes nobody.
  *
  * Crash suspects.  A dispatcher writes the id of the task whose handler it
- * is about to run into its own small file, pg_taskq/slot_<n> (mapped into
- * memory, so marking costs no system call), and clears it after.  When a handler kills its worker (FATAL) the slot's before-exit
+ * is about to run into its own small file, pg_stat_tmp/taskq_slot_<n>
+ * (mapped into memory, so marking costs no system call), and clears it
+ * after.  When a handler kills its worker (FATAL) the slot's before-exit
  * callback records the task as a suspect; when it takes the server down
  * (a crash restart re-creates shared memory) the postmaster reads the files
- * back here.  Dispatchers charge each suspect one attempt, so a task that
- * keeps killing its worker ends 'failed' after max_attempts instead of
- * crash-looping, while the other tasks of its batch are not charged.
+ * back here.  Dispatchers charge each suspect one attempt, every crash
+ * (DESIGN §6), so a task that keeps killing its worker ends 'failed' after
+ * max_attempts, having reset the server at most that often, while the
+ * other tasks of its batch are not charged.
+ *
+ * The files are in pg_stat_tmp because pg_basebackup and pg_rewind copy
+ * nothing of its contents (pg_stat_statements keeps its query texts there
+ * for the same reason): a standby made from a base backup must not charge,
+ * once promoted, a crash to the task a primary's handler was running.
+ *
+ * Overrunning handlers.  A handler can trap the query_canceled error that
+ * its timeout or a cancel() raises and carry on.  taskq_start_task notes
+ * when it must have stopped (its timeout plus taskq.interrupt_grace); a
+ * committed cancel() brings that forward to grace from now.  The launcher
+ * terminates the dispatcher of a handler that still runs then (SIGTERM: a
+ * FATAL error, which no handler can trap) after noting why in the slot, so
+ * that the dying dispatcher records the task as a timeout suspect, charged
+ * as a timed-out attempt and not as a crash, or as nothing after a cancel
+ * (the task is 'cancelled' already).  The launcher publishes when it next
+ * looks (launcher_pass); a task whose deadline comes sooner wakes it.
  *
  *-------------------------------------------------------------------------
  */
@@ -29,6 +47,7 @@
 
 #include "access/xact.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/fd.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
@@ -37,8 +56,11 @@
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
-#define TASKQ_SUSPECT_DIR	"pg_taskq"
+#define TASKQ_MARKER_DIR	PG_STAT_TMP_DIR
+#define TASKQ_MARKER_PREFIX	"taskq_slot_"
+#define TASKQ_LEGACY_MARKER_DIR "pg_taskq"	/* 0.1's, copied by base backups */
 #define TASKQ_MAX_SUSPECTS	64
 #define TASKQ_MAX_EXT_WAKEUPS 16
 #define TASKQ_MAX_COUNTERS	1024
@@ -46,10 +68,18 @@
 #define TASKQ_CANCEL_RING	64
 #define TASKQ_MAX_PENDING	64
 
+/* A dispatcher's crash marker file: the task whose handler runs, or 0. */
+typedef struct TaskqMarker
+{
+	Oid			dboid;
+	int64		task_id;
+} TaskqMarker;
+
 typedef struct TaskqSuspect
 {
 	Oid			dboid;
 	int64		task_id;
+	TaskqCause	cause;			/* crash or timeout */
 } TaskqSuspect;
 
 typedef struct TaskqShared
@@ -58,6 +88,7 @@ typedef struct TaskqShared
 	slock_t		mutex;			/* launcher, suspects, extension wake-ups */
 	pid_t		launcher_pid;
 	int			launcher_procno;
+	pg_atomic_uint64 launcher_pass; /* when it next checks deadlines */
 	int			nsuspects;
 	TaskqSuspect suspects[TASKQ_MAX_SUSPECTS];
 	int			next_wakeups;
@@ -111,8 +142,8 @@ static TaskqCounter pending[TASKQ_MAX_PENDING];
 
 static void flush_counts(void);
 
-/* A dispatcher's suspect file, mapped. */
-static volatile TaskqSuspect *suspect_map = NULL;
+/* A dispatcher's crash marker file, mapped. */
+static volatile TaskqMarker *suspect_map = NULL;
 
 static Size
 shared_size(void)
@@ -134,7 +165,25 @@ shmem_request(void)
 }
 
 /*
- * Read the suspect files a crashed server left behind, then remove them.
+ * taskq 0.1 kept its crash markers in PGDATA/pg_taskq, which base backups
+ * copy.  Whatever is left there is from before the library was replaced,
+ * which took a full restart, so the markers mean nothing now: remove them.
+ */
+static void
+remove_legacy_markers(void)
+{
+	struct stat st;
+
+	if (stat(TASKQ_LEGACY_MARKER_DIR, &st) != 0 || !S_ISDIR(st.st_mode))
+		return;
+	if (rmtree(TASKQ_LEGACY_MARKER_DIR, true))
+		ereport(LOG,
+				(errmsg("taskq: removed directory \"%s\", where taskq 0.1 kept its crash markers",
+						TASKQ_LEGACY_MARKER_DIR)));
+}
+
+/*
+ * Read the crash markers a crashed server left behind, then remove them.
  * Runs in the postmaster when shared memory is created.
  */
 static void
@@ -143,36 +192,41 @@ load_suspect_files(void)
 	DIR		   *dir;
 	struct dirent *de;
 
-	if (mkdir(TASKQ_SUSPECT_DIR, S_IRWXU) != 0 && errno != EEXIST)
+	remove_legacy_markers();
+	if (MakePGDirectory(TASKQ_MARKER_DIR) != 0 && errno != EEXIST)
 	{
 		ereport(LOG,
 				(errcode_for_file_access(),
-				 errmsg("taskq: could not create directory \"%s\": %m", TASKQ_SUSPECT_DIR)));
+				 errmsg("taskq: could not create directory \"%s\": %m", TASKQ_MARKER_DIR)));
 		return;
 	}
-	dir = AllocateDir(TASKQ_SUSPECT_DIR);
-	while ((de = ReadDir(dir, TASKQ_SUSPECT_DIR)) != NULL)
+	dir = AllocateDir(TASKQ_MARKER_DIR);
+	while ((de = ReadDir(dir, TASKQ_MARKER_DIR)) != NULL)
 	{
 		char		path[MAXPGPATH];
-		TaskqSuspect s;
+		TaskqMarker m;
 		int			fd;
 		ssize_t		n;
 
-		if (strncmp(de->d_name, "slot_", 5) != 0)
+		if (strncmp(de->d_name, TASKQ_MARKER_PREFIX, strlen(TASKQ_MARKER_PREFIX)) != 0)
 			continue;
-		snprintf(path, sizeof(path), "%s/%s", TASKQ_SUSPECT_DIR, de->d_name);
+		snprintf(path, sizeof(path), "%s/%s", TASKQ_MARKER_DIR, de->d_name);
 		fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
 		if (fd < 0)
 			continue;
-		n = read(fd, &s, sizeof(s));
+		n = read(fd, &m, sizeof(m));
 		CloseTransientFile(fd);
 		unlink(path);
-		if (n == sizeof(s) && s.task_id != 0 && shared->nsuspects < TASKQ_MAX_SUSPECTS)
+		if (n == sizeof(m) && m.task_id != 0 && shared->nsuspects < TASKQ_MAX_SUSPECTS)
 		{
-			shared->suspects[shared->nsuspects++] = s;
+			TaskqSuspect *s = &shared->suspects[shared->nsuspects++];
+
+			s->dboid = m.dboid;
+			s->task_id = m.task_id;
+			s->cause = TASKQ_CAUSE_CRASH;
 			ereport(LOG,
 					(errmsg("taskq: task " INT64_FORMAT " was running when a dispatcher died; its crash will be counted when a dispatcher starts",
-							s.task_id)));
+							m.task_id)));
 		}
 	}
 	FreeDir(dir);
@@ -199,6 +253,7 @@ shmem_startup(void)
 		for (i = 0; i < shared->nslots; i++)
 			pg_atomic_init_u32(&shared->slots[i].wake_pending, 0);
 		pg_atomic_init_u64(&shared->dispatcher_exits, 0);
+		pg_atomic_init_u64(&shared->launcher_pass, 0);
 		load_suspect_files();
 	}
 	memset(&info, 0, sizeof(info));
@@ -278,6 +333,16 @@ taskq_launcher_pid(void)
 	pid = shared->launcher_pid;
 	SpinLockRelease(&shared->mutex);
 	return pid;
+}
+
+/*
+ * The launcher is about to sleep until next (DT_NOEND while it looks at
+ * the slots): a handler whose deadline comes sooner must wake it.
+ */
+void
+taskq_set_launcher_pass(TimestampTz next)
+{
+	(void) pg_atomic_exchange_u64(&shared->launcher_pass, (uint64) next);
 }
 
 static void
@@ -387,12 +452,15 @@ taskq_wake_dispatchers(Oid dboid, int ntasks)
  * started it.  Both happen under the lock that dispatchers take to publish
  * the task they start (taskq_start_task), so either we see the task
  * running and signal it, or the dispatcher sees the cancel and skips it;
- * and a signal never reaches a dispatcher that has moved on.
+ * and a signal never reaches a dispatcher that has moved on.  A handler
+ * that traps the interrupt has taskq.interrupt_grace left before the
+ * launcher, woken here, terminates its dispatcher.
  */
 static void
 interrupt_task(int64 task_id)
 {
 	int			i;
+	bool		running = false;
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	shared->cancel_ring[shared->cancel_gen % TASKQ_CANCEL_RING] = task_id;
@@ -403,23 +471,36 @@ interrupt_task(int64 task_id)
 
 		if (slot->in_use && slot->pid != 0 && slot->current_task == task_id)
 		{
+			TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+															   taskq_interrupt_grace);
+
+			slot->task_cancelled = true;
+			slot->task_deadline = Min(slot->task_deadline, deadline);
+			running = true;
 			if (kill(slot->pid, SIGINT) != 0)
 				elog(DEBUG1, "taskq: could not interrupt dispatcher %d: %m", (int) slot->pid);
 			break;
 		}
 	}
 	LWLockRelease(shared->lock);
+	if (running)
+		wake_launcher();
 }
 
 /*
  * Publish the task whose handler slot is about to run, unless it was
  * cancelled since we last looked (then false).  *seen_gen is the
- * dispatcher's position in the cancel ring.
+ * dispatcher's position in the cancel ring.  The handler must have
+ * stopped timeout_ms plus taskq.interrupt_grace from now; the launcher is
+ * woken if it would look later than that.
  */
 bool
-taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue, uint64 *seen_gen)
+taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue,
+				 int64 timeout_ms, uint64 *seen_gen)
 {
 	bool		cancelled = false;
+	bool		wake = false;
+	TimestampTz now = GetCurrentTimestamp();
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	if (shared->cancel_gen != *seen_gen)
@@ -434,10 +515,15 @@ taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue, uint64 *seen
 	if (!cancelled)
 	{
 		slot->current_task = task_id;
-		slot->task_started_at = GetCurrentTimestamp();
+		slot->task_started_at = now;
+		slot->task_deadline = TimestampTzPlusMilliseconds(now, timeout_ms + taskq_interrupt_grace);
+		slot->task_cancelled = false;
 		strlcpy(slot->current_queue, queue, sizeof(slot->current_queue));
+		wake = slot->task_deadline < (TimestampTz) pg_atomic_read_u64(&shared->launcher_pass);
 	}
 	LWLockRelease(shared->lock);
+	if (wake)
+		wake_launcher();
 	return !cancelled;
 }
 
@@ -557,32 +643,36 @@ taskq_dispatcher_exits(void)
 	return have_shared() ? pg_atomic_read_u64(&shared->dispatcher_exits) : 0;
 }
 
+/* A dispatcher died running task_id's handler: why (crash or timeout). */
 void
-taskq_add_suspect(Oid dboid, int64 task_id)
+taskq_add_suspect(Oid dboid, int64 task_id, TaskqCause cause)
 {
 	SpinLockAcquire(&shared->mutex);
 	if (shared->nsuspects < TASKQ_MAX_SUSPECTS)
 	{
 		shared->suspects[shared->nsuspects].dboid = dboid;
 		shared->suspects[shared->nsuspects].task_id = task_id;
+		shared->suspects[shared->nsuspects].cause = cause;
 		shared->nsuspects++;
 	}
 	SpinLockRelease(&shared->mutex);
 }
 
-bool
-taskq_is_suspect(Oid dboid, int64 task_id)
+/* Why the task's handler ended with its dispatcher; NONE if it did not. */
+TaskqCause
+taskq_suspect_cause(Oid dboid, int64 task_id)
 {
-	bool		found = false;
+	TaskqCause	cause = TASKQ_CAUSE_NONE;
 	int			i;
 
 	if (!have_shared())
-		return false;
+		return cause;
 	SpinLockAcquire(&shared->mutex);
-	for (i = 0; i < shared->nsuspects && !found; i++)
-		found = shared->suspects[i].dboid == dboid && shared->suspects[i].task_id == task_id;
+	for (i = 0; i < shared->nsuspects && cause == TASKQ_CAUSE_NONE; i++)
+		if (shared->suspects[i].dboid == dboid && shared->suspects[i].task_id == task_id)
+			cause = shared->suspects[i].cause;
 	SpinLockRelease(&shared->mutex);
-	return found;
+	return cause;
 }
 
 /* The suspects of a database, at most max of them, into ids; how many. */
@@ -627,14 +717,14 @@ taskq_suspect_file_open(int slot)
 	char		path[MAXPGPATH];
 	int			fd;
 
-	(void) mkdir(TASKQ_SUSPECT_DIR, S_IRWXU);
-	snprintf(path, sizeof(path), "%s/slot_%d", TASKQ_SUSPECT_DIR, slot);
+	(void) MakePGDirectory(TASKQ_MARKER_DIR);
+	snprintf(path, sizeof(path), "%s/" TASKQ_MARKER_PREFIX "%d", TASKQ_MARKER_DIR, slot);
 	fd = BasicOpenFile(path, O_RDWR | O_CREAT | O_TRUNC | PG_BINARY);
-	if (fd < 0 || ftruncate(fd, sizeof(TaskqSuspect)) != 0)
+	if (fd < 0 || ftruncate(fd, sizeof(TaskqMarker)) != 0)
 		ereport(ERROR,
 				(errcode_for_file_access(),
 				 errmsg("taskq: could not create \"%s\": %m", path)));
-	suspect_map = mmap(NULL, sizeof(TaskqSuspect), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	suspect_map = mmap(NULL, sizeof(TaskqMarker), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	close(fd);
 	if (suspect_map == MAP_FAILED)
 	{
@@ -669,10 +759,10 @@ taskq_suspect_file_remove(int slot)
 
 	if (suspect_map != NULL)
 	{
-		munmap((void *) suspect_map, sizeof(TaskqSuspect));
+		munmap((void *) suspect_map, sizeof(TaskqMarker));
 		suspect_map = NULL;
 	}
-	snprintf(path, sizeof(path), "%s/slot_%d", TASKQ_SUSPECT_DIR, slot);
+	snprintf(path, sizeof(path), "%s/" TASKQ_MARKER_PREFIX "%d", TASKQ_MARKER_DIR, slot);
 	unlink(path);
 }
 

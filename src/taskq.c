@@ -38,6 +38,7 @@ int			taskq_retry_backoff_max = 60 * 60 * 1000;
 int			taskq_ack_timeout = 60 * 1000;
 int			taskq_retention = 24 * 60 * 60;
 bool		taskq_trace = false;
+int			taskq_interrupt_grace = 2000;
 
 bool		taskq_preloaded = false;
 
@@ -206,6 +207,11 @@ _PG_init(void)
 							"0 removes them at the next maintenance pass.",
 							&taskq_retention, 24 * 60 * 60, 0, INT_MAX, PGC_SIGHUP,
 							GUC_UNIT_S, NULL, NULL, NULL);
+	DefineCustomIntVariable("taskq.interrupt_grace",
+							"How long a handler may go on after its timeout or a cancel() interrupted it.",
+							"Then the launcher terminates its dispatcher, which is started again at once.",
+							&taskq_interrupt_grace, 2000, 100, 3600 * 1000, PGC_SIGHUP,
+							GUC_UNIT_MS, NULL, NULL, NULL);
 	DefineCustomBoolVariable("taskq.trace",
 							 "Logs one line per enqueue and dispatch decision.",
 							 NULL, &taskq_trace, false, PGC_SUSET, 0,

@@ -89,6 +89,7 @@ extern int	taskq_retry_backoff_max;	/* ms */
 extern int	taskq_ack_timeout;		/* ms */
 extern int	taskq_retention;		/* s */
 extern bool taskq_trace;
+extern int	taskq_interrupt_grace;	/* ms */
 
 extern bool taskq_preloaded;	/* loaded through shared_preload_libraries */
 
@@ -113,13 +114,31 @@ typedef enum TaskqExitReason
 	TASKQ_EXIT_NO_EXTENSION,	/* CREATE EXTENSION taskq has not run there */
 	TASKQ_EXIT_WRONG_VERSION,	/* its SQL objects are not TASKQ_VERSION */
 	TASKQ_EXIT_DATABASE_BUSY,	/* DROP/CREATE DATABASE wants it gone */
+	TASKQ_EXIT_STOPPED,			/* the launcher stopped a handler that overran */
 	TASKQ_EXIT_ERROR			/* an error; back off */
 } TaskqExitReason;
 
 /*
+ * Why a task's handler ended with its dispatcher: the dispatcher died under
+ * it (a crash, charged as an attempt and counted in crashes), or the
+ * launcher terminated it because the handler ignored its timeout (charged
+ * as a timed-out attempt) or a cancel() (the task is already 'cancelled').
+ */
+typedef enum TaskqCause
+{
+	TASKQ_CAUSE_NONE,
+	TASKQ_CAUSE_CRASH,
+	TASKQ_CAUSE_TIMEOUT,
+	TASKQ_CAUSE_CANCEL
+} TaskqCause;
+
+/*
  * One per dispatcher the launcher may run.  The launcher owns in_use,
- * dboid and index; the dispatcher owns the rest while it lives.  Readers
- * take TaskqShared->lock shared; the owner writes with it exclusive, except
+ * dboid and index; the dispatcher owns the rest while it lives, except
+ * that a committing cancel() brings task_deadline forward (and sets
+ * task_cancelled), and the launcher sets stop_task and stop_cause when it
+ * terminates a dispatcher whose handler is past task_deadline.  Readers
+ * take TaskqShared->lock shared; writers take it exclusive, except for
  * the counters, which only the owner writes and monitoring reads torn-free
  * enough on every platform we build for.
  *
@@ -143,6 +162,10 @@ typedef struct TaskqSlot
 	Oid			current_owner;	/* the role that enqueued current_task */
 	pg_atomic_uint32 wake_pending;	/* a commit woke it since its last claim */
 	TimestampTz task_started_at;
+	TimestampTz task_deadline;	/* the launcher stops a handler still running then */
+	bool		task_cancelled; /* task_deadline is a cancel's, not the timeout's */
+	int64		stop_task;		/* the launcher is terminating us for this task */
+	TaskqCause	stop_cause;
 	char		current_queue[TASKQ_NAME_MAXLEN + 1];
 	int64		processed;
 	int64		failed;
@@ -158,9 +181,11 @@ extern TaskqSlot *taskq_slot(int i);
 
 extern void taskq_set_launcher(bool alive);
 extern pid_t taskq_launcher_pid(void);
+extern void taskq_set_launcher_pass(TimestampTz next);
 extern bool taskq_take_extension_wakeup(Oid dboid);
 
-extern bool taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue, uint64 *seen_gen);
+extern bool taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue,
+							 int64 timeout_ms, uint64 *seen_gen);
 extern void taskq_end_task(TaskqSlot *slot);
 extern uint64 taskq_cancel_generation(void);
 #define TASKQ_WAKE_ALL	1000000	/* wake-ups for an unknown number of tasks */
@@ -169,8 +194,8 @@ extern void taskq_request_wakeup_at_commit(int ntasks);
 extern void taskq_request_launcher_wakeup_at_commit(void);
 extern void taskq_request_interrupt_at_commit(int64 task_id);
 
-extern void taskq_add_suspect(Oid dboid, int64 task_id);
-extern bool taskq_is_suspect(Oid dboid, int64 task_id);
+extern void taskq_add_suspect(Oid dboid, int64 task_id, TaskqCause cause);
+extern TaskqCause taskq_suspect_cause(Oid dboid, int64 task_id);
 extern int	taskq_list_suspects(Oid dboid, int64 *ids, int max);
 extern void taskq_count_dispatcher_exit(void);
 extern uint64 taskq_dispatcher_exits(void);

@@ -1,5 +1,5 @@
 # Failed attempts: retries with backoff until max_attempts, timeouts, and
-# cancelling a running task.
+# cancelling a running task; handlers that ignore their timeout or cancel.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -10,6 +10,7 @@ use Test::More;
 my $node = taskq_node('retry', <<'EOC');
 taskq.workers = 1
 taskq.retry_backoff = '200ms'
+taskq.interrupt_grace = '500ms'
 EOC
 
 sub sql { return $node->safe_psql('postgres', $_[0]); }
@@ -28,6 +29,7 @@ CREATE SEQUENCE always_at_3;
 CREATE SEQUENCE once_seq;
 CREATE SEQUENCE sleepy_once_seq;
 CREATE SEQUENCE late_cancel_seq;
+CREATE SEQUENCE stubborn_seq;
 
 -- always fails; records when each attempt ran (microseconds since epoch)
 CREATE FUNCTION public.always_fails(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -81,6 +83,30 @@ BEGIN
     PERFORM pg_advisory_xact_lock_shared(42);
 END $$;
 
+-- ignores its timeout and cancel(): traps query_canceled and sleeps on
+CREATE FUNCTION public.stubborn(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM nextval('stubborn_seq');
+    INSERT INTO side_effects VALUES ('stubborn', 0);
+    LOOP
+        BEGIN
+            PERFORM pg_sleep(0.1);
+        EXCEPTION WHEN query_canceled THEN NULL;
+        END;
+    END LOOP;
+END $$;
+
+-- traps its timeout's error once, then returns as if it had succeeded
+CREATE FUNCTION public.trap_once(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO side_effects VALUES ('trap_once', 0);
+    BEGIN
+        PERFORM pg_sleep(10);
+    EXCEPTION WHEN query_canceled THEN NULL;
+    END;
+    RETURN '{"returned": true}';
+END $$;
+
 CREATE TABLE runs (label text, at timestamptz DEFAULT clock_timestamp());
 CREATE FUNCTION public.record(p jsonb) RETURNS void LANGUAGE sql AS $$
     INSERT INTO runs (label) VALUES (p->>'label');
@@ -93,6 +119,8 @@ SELECT taskq.register_handler('sleepy_once', 'public.sleepy_once(jsonb)');
 SELECT taskq.register_handler('long_job', 'public.long_job(jsonb)');
 SELECT taskq.register_handler('gate', 'public.gate(jsonb)');
 SELECT taskq.register_handler('record', 'public.record(jsonb)');
+SELECT taskq.register_handler('stubborn', 'public.stubborn(jsonb)');
+SELECT taskq.register_handler('trap_once', 'public.trap_once(jsonb)');
 EOS
 
 # ---------------------------------------------------------------------
@@ -250,6 +278,105 @@ is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'long_job'}),
 	'0', 'the cancelled task left no write');
 is(sql(q{SELECT is_called FROM late_cancel_seq}),
 	'f', 'the handler of the task cancelled before it started never ran');
+
+# ---------------------------------------------------------------------
+# Handlers that ignore their interrupt.  A handler that traps the error
+# its timeout raises and runs on would hold its dispatcher (the only one
+# here) forever: after taskq.interrupt_grace (500 ms here) the launcher
+# terminates the dispatcher and starts it again at once.  The attempt is
+# a timeout, not a crash, and the task's batch-mates are not charged.
+# ---------------------------------------------------------------------
+sql('TRUNCATE side_effects, runs');
+
+sub dispatcher_pid
+{
+	return sql(q{SELECT pid FROM taskq.workers WHERE type = 'dispatcher'});
+}
+
+# Enqueue $handler's task with $opts and a 'record' task labelled $label
+# in one transaction (one batch); returns both ids.
+sub enqueue_with_mate
+{
+	my ($handler, $opts, $label) = @_;
+	return split /\n/, sql(qq{
+		BEGIN;
+		SELECT taskq.enqueue('$handler', '{}', priority => 10 $opts);
+		SELECT taskq.enqueue('record', '{"label": "$label"}');
+		COMMIT;});
+}
+
+my $log_offset = -s $node->logfile;
+my $pid_before = dispatcher_pid();
+my ($stub, $mate) = enqueue_with_mate('stubborn', q{, timeout => '300ms', max_attempts => 1},
+	'after-stubborn');
+ok(wait_status($stub, 'timeout'), 'a handler that ignores its timeout ends timeout');
+ok(wait_status($mate, 'completed'), 'the task claimed with it completes: the queue goes on');
+is( sql("SELECT attempts, crashes, last_error FROM taskq.tasks WHERE id = $stub"),
+	'1|0|timed out after 300 ms; the handler did not stop within taskq.interrupt_grace, '
+	  . 'so its dispatcher was terminated',
+	'one timed-out attempt, not counted as a crash');
+is(sql("SELECT attempts, crashes FROM taskq.tasks WHERE id = $mate"),
+	'1|0', 'its batch-mate completed in one attempt, without a crash');
+is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'stubborn'}),
+	'0', 'the stubborn handler\'s write was rolled back');
+like(
+	slurp_file($node->logfile, $log_offset),
+	qr/taskq: the handler of task $stub in database "postgres" did not stop within taskq.interrupt_grace \(500 ms\) after its timeout; terminating its dispatcher \(PID $pid_before\)/,
+	'the launcher logs why it terminated the dispatcher');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM taskq.workers WHERE type = 'dispatcher' AND pid <> $pid_before"),
+	'a new dispatcher runs');
+my $restart = sql(
+	"SELECT coalesce(extract(epoch FROM min(at) - (SELECT started_at FROM taskq.tasks WHERE id = $stub)), 999)
+     FROM runs WHERE label = 'after-stubborn'");
+note sprintf('the batch-mate ran %.3f s after the stubborn handler started', $restart);
+cmp_ok($restart, '<', 3,
+	'within 3 s of the stubborn handler\'s start (300 ms timeout + 500 ms grace)');
+
+# With attempts left, the terminated attempt is retried, then ends timeout.
+my ($stub2) = enqueue_with_mate('stubborn', q{, timeout => '300ms', max_attempts => 2},
+	'after-stubborn-2');
+ok(wait_status($stub2, 'timeout'), 'a stubborn task with two attempts ends timeout');
+is(sql("SELECT attempts, crashes FROM taskq.tasks WHERE id = $stub2"),
+	'2|0', 'after two timed-out attempts and no crash');
+is(sql(q{SELECT last_value FROM stubborn_seq}), '3', 'its handler ran twice (3 runs so far)');
+
+# A handler that traps its timeout's error and returns: still a timeout.
+$pid_before = dispatcher_pid();
+my $trap = sql(q{SELECT taskq.enqueue('trap_once', '{}', timeout => '300ms', max_attempts => 1)});
+ok(wait_status($trap, 'timeout'), 'a handler that returns after trapping its timeout ends timeout');
+is( sql("SELECT attempts, crashes, result IS NULL, last_error FROM taskq.tasks WHERE id = $trap"),
+	'1|0|t|timed out after 300 ms', 'its result is not kept');
+is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'trap_once'}),
+	'0', 'and its write was rolled back');
+is(dispatcher_pid(), $pid_before, 'its dispatcher was not terminated (it returned in time)');
+
+# A handler that ignores cancel(): terminated after the grace, 'cancelled'.
+$log_offset = -s $node->logfile;
+$pid_before = dispatcher_pid();
+my ($stub3, $mate3) = enqueue_with_mate('stubborn', '', 'after-cancelled-stubborn');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM taskq.workers w JOIN pg_stat_activity a USING (pid)
+         WHERE w.current_task = $stub3 AND a.wait_event = 'PgSleep'"),
+	'the stubborn handler runs (with the default 5 min timeout)');
+is(sql("SELECT taskq.cancel($stub3)"), 't', 'taskq.cancel() of the stubborn task');
+ok(wait_status($mate3, 'completed'), 'the task claimed with it completes');
+is(sql("SELECT status, attempts, crashes FROM taskq.tasks WHERE id = $stub3"),
+	'cancelled|0|0', 'the cancelled task stays cancelled, with no attempt and no crash');
+like(
+	slurp_file($node->logfile, $log_offset),
+	qr/taskq: the handler of task $stub3 in database "postgres" did not stop within taskq.interrupt_grace \(500 ms\) after its cancel; terminating its dispatcher \(PID $pid_before\)/,
+	'the launcher terminated its dispatcher after the grace');
+ok( $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM taskq.workers WHERE type = 'dispatcher' AND pid <> $pid_before"),
+	'a new dispatcher runs');
+my $later = sql(q{SELECT taskq.enqueue('record', '{"label": "later"}')});
+ok(wait_status($later, 'completed'), 'a task enqueued afterwards completes');
+is(sql(q{SELECT count(*) FROM taskq.tasks WHERE crashes > 0}),
+	'0', 'no task was charged a crash');
 
 $node->stop;
 done_testing();
