@@ -1,8 +1,8 @@
 # Too few background worker slots: with max_worker_processes = 3 the
-# launcher and two dispatchers fill them.  The server log then says how to
-# size max_worker_processes, enqueue() in a listed database that got no
-# dispatcher warns, and once slots free up its dispatchers start promptly
-# (not after a minute) and run its tasks.
+# launcher and two dispatchers (or one and a parallel worker) fill them.
+# The server log then says how to size max_worker_processes, enqueue() in
+# a listed database that got no dispatcher warns, and once slots free up
+# the dispatchers start promptly (not after a minute) and run the tasks.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -47,10 +47,37 @@ ok($node->poll_query_until('postgres', dispatchers_q('postgres', 1)),
 	'one dispatcher runs in postgres');
 
 # ---------------------------------------------------------------------
+# A parallel query holds the free slot when a second dispatcher is
+# wanted; the dispatcher starts soon after the query ends.  (taskq is not
+# told when another process frees a slot: this is the retry's backoff.)
+# ---------------------------------------------------------------------
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_safe('SET force_parallel_mode = on');
+$bg->query_safe('SET max_parallel_workers_per_gather = 1');
+$bg->query_until(qr/sleeping/, "\\echo sleeping\nSELECT pg_sleep(600);\n");
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'parallel worker'}),
+	'a parallel worker holds the last free slot');
+my $offset = -s $node->logfile;
+set_conf('taskq.workers = 2');
+$node->wait_for_log(
+	qr/taskq: 1 of 2 dispatchers could not start: no background worker slot is free/, $offset);
+pass('the second dispatcher could not start');
+my $t0 = time();
+sql(q{SELECT pg_cancel_backend(pid) FROM pg_stat_activity
+      WHERE query = 'SELECT pg_sleep(600);' AND backend_type = 'client backend'});
+ok($node->poll_query_until('postgres', dispatchers_q('postgres', 2)),
+	'the second dispatcher starts once the parallel query has ended');
+my $took = time() - $t0;
+note sprintf('it started %.2f s after the cancel', $took);
+cmp_ok($took, '<', 10, 'promptly (within the retry backoff of at most 5 s)');
+$bg->quit;
+
+# ---------------------------------------------------------------------
 # Two dispatchers for postgres fill the slots; "other" gets none.
 # ---------------------------------------------------------------------
-my $offset = -s $node->logfile;
-set_conf(qq{taskq.databases = 'postgres, other'\ntaskq.workers = 2});
+$offset = -s $node->logfile;
+set_conf(q{taskq.databases = 'postgres, other'});
 $node->wait_for_log(
 	qr/taskq: 2 of 4 dispatchers could not start: no background worker slot is free \(max_worker_processes = 3\)/,
 	$offset);
@@ -80,11 +107,11 @@ unlike($err, qr/WARNING/, 'enqueue in postgres, which has dispatchers, does not 
 # Slots free up: "other" gets its dispatchers at once.
 # ---------------------------------------------------------------------
 $offset = -s $node->logfile;
-my $t0 = time();
+$t0 = time();
 set_conf(q{taskq.databases = 'other'});
 ok($node->poll_query_until('postgres', dispatchers_q('other', 2)),
 	'both dispatchers of other start once the slots are free');
-my $took = time() - $t0;
+$took = time() - $t0;
 note sprintf('the dispatchers of other started %.2f s after the reload', $took);
 cmp_ok($took, '<', 10, 'promptly (the retry does not wait a minute)');
 $node->wait_for_log(qr/taskq: no dispatcher waits for a background worker slot any more/, $offset);
