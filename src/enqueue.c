@@ -62,6 +62,8 @@ static SPIPlanPtr insert_dedupe_plan = NULL;
 static SPIPlanPtr find_dedupe_plan = NULL;
 static SPIPlanPtr finish_sync_plan = NULL;
 static bool warned_no_dispatch = false;
+static bool warned_starved = false;
+static uint32 starved_seen = 0;	/* the launcher's starved list we looked at */
 
 static Interval *
 ms_to_interval(int64 ms)
@@ -345,6 +347,24 @@ warn_if_nothing_dispatches(void)
 				 errhint("Add the database to taskq.databases in postgresql.conf and reload.")));
 }
 
+/*
+ * Warn once per session when this database is in taskq.databases but no
+ * dispatcher runs there because no background worker slot was free.  The
+ * launcher publishes that; we read one atomic per call, and the list only
+ * when it changed.
+ */
+static void
+warn_if_no_dispatcher_started(void)
+{
+	if (warned_starved || !taskq_database_starved(MyDatabaseId, &starved_seen))
+		return;
+	warned_starved = true;
+	ereport(WARNING,
+			(errmsg("no taskq dispatcher runs in database \"%s\": no background worker slot is free; tasks are recorded and wait",
+					get_database_name(MyDatabaseId)),
+			 errhint("Raise max_worker_processes (the server log says how far) and restart; the dispatchers start as soon as slots free up.")));
+}
+
 static void
 trace_enqueue(const EnqueueOptions *o, const char *outcome, int64 id)
 {
@@ -528,6 +548,7 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 		{
 			taskq_request_wakeup_at_commit(1);
 			warn_if_nothing_dispatches();
+			warn_if_no_dispatcher_started();
 		}
 		trace_enqueue(o, inserted ? "queued" : "deduplicated", id);
 		return id;

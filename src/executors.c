@@ -195,20 +195,56 @@ log_check_target(const char *target)
  * ----------------------------------------------------------------
  */
 
-/* Prepared call of one handler function, kept per backend. */
+/*
+ * Prepared call of one handler function, kept per backend.  The plan is
+ * built for the function that the target named when it was prepared: its
+ * SQL (with or without to_jsonb) depends on that function's return type.
+ * A DROP + CREATE under the same name, or CREATE OR REPLACE, invalidates
+ * the plan; the plan cache would then re-analyse the same SQL against the
+ * new function and silently yield a result of another type, so an
+ * invalidated plan is thrown away and built again from the target.
+ */
 typedef struct FunctionPlan
 {
 	char		target[NAMEDATALEN * 4];	/* hash key: 'schema.fn(jsonb)' */
-	SPIPlanPtr	plan;
-	bool		returns_void;
+	SPIPlanPtr	plan;			/* NULL: build at the next call */
+	Oid			result_type;	/* what the plan returns: jsonb or void */
 } FunctionPlan;
 
 static HTAB *function_plans = NULL;
 
 /*
- * The prepared call of a handler function.  The call is by qualified name
- * (so CREATE OR REPLACE, or DROP and CREATE again, keep working) and its
- * result is converted to jsonb in the same statement.
+ * Build the call of the function that target names now.  The call is by
+ * qualified name, and its result is converted to jsonb in the same
+ * statement unless it is jsonb or void already.
+ */
+static void
+build_function_plan(FunctionPlan *fp, const char *target)
+{
+	Oid			fn = taskq_resolve_function(target, true);
+	Oid			rettype;
+	char	   *call;
+	Oid			argtypes[1] = {JSONBOID};
+
+	if (!OidIsValid(fn))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("handler function %s does not exist", target),
+				 errhint("Create the function again, or register the handler with another target.")));
+	rettype = get_func_rettype(fn);
+	call = quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
+									  get_func_name(fn));
+	fp->result_type = rettype == VOIDOID ? VOIDOID : JSONBOID;
+	(void) taskq_prepare(&fp->plan,
+						 psprintf(rettype == JSONBOID || rettype == VOIDOID ?
+								  "SELECT %s($1)" :
+								  "SELECT pg_catalog.to_jsonb(%s($1))", call),
+						 1, argtypes);
+}
+
+/*
+ * The prepared call of a handler function, built again when the function
+ * changed since it was prepared (the plan was invalidated).
  */
 static FunctionPlan *
 function_plan(const char *target)
@@ -231,31 +267,24 @@ function_plan(const char *target)
 	fp = hash_search(function_plans, key, HASH_ENTER, &found);
 	if (!found)
 		fp->plan = NULL;
-	if (fp->plan == NULL)
+	if (fp->plan != NULL && !SPI_plan_is_valid(fp->plan))
 	{
-		Oid			fn = taskq_resolve_function(target, true);
-		Oid			rettype;
-		char	   *call;
-		Oid			argtypes[1] = {JSONBOID};
-
-		if (!OidIsValid(fn))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_FUNCTION),
-					 errmsg("handler function %s does not exist", target),
-					 errhint("Create the function again, or register the handler with another target.")));
-		rettype = get_func_rettype(fn);
-		call = quote_qualified_identifier(get_namespace_name(get_func_namespace(fn)),
-										  get_func_name(fn));
-		fp->returns_void = (rettype == VOIDOID);
-		(void) taskq_prepare(&fp->plan,
-								 psprintf(rettype == JSONBOID || rettype == VOIDOID ?
-										  "SELECT %s($1)" :
-										  "SELECT pg_catalog.to_jsonb(%s($1))", call),
-								 1, argtypes);
+		SPI_freeplan(fp->plan);
+		fp->plan = NULL;
 	}
+	if (fp->plan == NULL)
+		build_function_plan(fp, target);
 	return fp;
 }
 
+/*
+ * Call a handler function; its result is the task's.  The type of the
+ * result column is checked on every call, not trusted from the plan: a
+ * value of any other type stored as jsonb would be corrupt data, or
+ * crash us.  A mismatch can only come from a redefinition that the plan
+ * cache noticed after our validity check; the attempt fails and the next
+ * one builds the call again.
+ */
 static void
 execute_function(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out)
 {
@@ -263,14 +292,27 @@ execute_function(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out)
 	Datum		values[1] = {task->payload};
 	bool		isnull;
 	int			ret;
+	Oid			type;
 
 	ret = SPI_execute_plan(fp->plan, values, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "taskq: handler %s returned SPI code %s", h->target, SPI_result_code_string(ret));
+	type = SPI_gettypeid(SPI_tuptable->tupdesc, 1);
+	if (type != fp->result_type)
+	{
+		SPI_freeplan(fp->plan);
+		fp->plan = NULL;
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler function %s was redefined while it was called", h->target),
+				 errdetail("The call returned type %s where %s was expected.",
+						   format_type_be(type), format_type_be(fp->result_type)),
+				 errhint("The next attempt calls the new definition.")));
+	}
 	out->status = "completed";
 	out->result_null = true;
 	out->result = (Datum) 0;
-	if (!fp->returns_void && SPI_processed == 1)
+	if (type == JSONBOID && SPI_processed == 1)
 	{
 		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 

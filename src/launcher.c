@@ -12,9 +12,12 @@
  * exited (see TaskqExitReason):
  *
  *	no extension	in 10 s, or at once when CREATE EXTENSION commits there
+ *	wrong version	the same, for ALTER EXTENSION taskq UPDATE
  *	database busy	in 1 s (DROP DATABASE or a template copy wanted it)
  *	stopped			at once (we stopped a handler that overran, see below)
  *	error or crash	after a backoff doubling from 1 s to 1 min
+ *	no worker slot	after a backoff doubling from 100 ms to 5 s, and at
+ *					once when one of our dispatchers exits
  *
  * so a misconfigured database costs a log line, not a restart loop.
  *
@@ -26,6 +29,15 @@
  * pg_terminate_backend() does: a FATAL error, which no handler can trap.
  * We never SIGKILL, which would reset the whole server: a handler stuck
  * where no interrupt is checked keeps its dispatcher.
+ *
+ * Worker slots.  Dispatchers, the launcher, parallel query workers,
+ * logical replication and other extensions' workers all come out of
+ * max_worker_processes, and PostgreSQL says only that a registration
+ * failed, not how many slots are free.  So the launcher does not ration
+ * them: it logs what taskq needs against max_worker_processes (once per
+ * setting), logs the dispatchers that could not start (once, until they
+ * all run), retries them promptly, and publishes the databases left with
+ * no dispatcher at all, for enqueue()'s warning.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,6 +54,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
+#include "replication/logicallauncher.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
@@ -58,6 +71,8 @@
 #define RETRY_BUSY_MS			1000
 #define RETRY_ERROR_MIN_MS		1000
 #define RETRY_ERROR_MAX_MS		60000
+#define RETRY_NO_SLOT_MIN_MS	100
+#define RETRY_NO_SLOT_MAX_MS	5000
 #define LAUNCHER_NAP_MS			10000
 
 /* What the launcher knows of one wanted dispatcher. */
@@ -71,6 +86,8 @@ typedef struct Wanted
 	int			failures;
 	TaskqExitReason last_exit;
 	bool		seen;			/* still wanted in this pass */
+	bool		no_slot;		/* its last start found no worker slot */
+	int			no_slot_tries;	/* starts in a row that found none */
 } Wanted;
 
 static Wanted *wanted = NULL;
@@ -79,6 +96,13 @@ static int	maxwanted = 0;
 
 /* Databases we already logged about, so each problem is one log line. */
 static List *logged_problems = NIL;
+
+/* The shortage of worker slots last logged: dispatchers that could not start. */
+static int	logged_no_slot = 0;
+
+/* The taskq.databases count and taskq.workers that the sizing line was for. */
+static int	sized_databases = -1;
+static int	sized_workers = -1;
 
 /* Names and OIDs of the databases seen, for log lines. */
 static List *db_names = NIL;
@@ -318,6 +342,25 @@ free_slot(int slot)
 	LWLockRelease(taskq_lock());
 }
 
+/*
+ * No worker slot for w: try again soon, sooner than after an error, since
+ * parallel query frees its slots within a query's time.
+ */
+static void
+no_slot_for(Wanted *w)
+{
+	int64		delay = (int64) RETRY_NO_SLOT_MIN_MS << Min(w->no_slot_tries, 6);
+
+	w->no_slot = true;
+	w->no_slot_tries++;
+	w->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												Min(delay, RETRY_NO_SLOT_MAX_MS));
+}
+
+/*
+ * Start w's dispatcher in a slot of ours and a background worker slot;
+ * without either it is tried again soon (no_slot_for).
+ */
 static void
 start_dispatcher(Wanted *w)
 {
@@ -326,10 +369,7 @@ start_dispatcher(Wanted *w)
 
 	if (slot < 0)
 	{
-		ereport(WARNING,
-				(errmsg("taskq: no free worker slot for a dispatcher"),
-				 errhint("Raise max_worker_processes.")));
-		w->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_ERROR_MAX_MS);
+		no_slot_for(w);
 		return;
 	}
 	memset(&bw, 0, sizeof(bw));
@@ -346,13 +386,104 @@ start_dispatcher(Wanted *w)
 	{
 		free_slot(slot);
 		w->handle = NULL;
-		ereport(WARNING,
-				(errmsg("taskq: could not register a dispatcher: too many background workers"),
-				 errhint("Raise max_worker_processes (each database in taskq.databases needs taskq.workers of them).")));
-		w->next_start = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), RETRY_ERROR_MAX_MS);
+		no_slot_for(w);
 		return;
 	}
 	w->slot = slot;
+	w->no_slot = false;
+	w->no_slot_tries = 0;
+}
+
+/*
+ * The background worker slots taskq needs: the launcher and taskq.workers
+ * dispatchers in each usable database of taskq.databases.
+ */
+static int
+slots_needed(int ndatabases)
+{
+	return 1 + ndatabases * taskq_workers;
+}
+
+/*
+ * Once per value of taskq.databases and taskq.workers: say how many
+ * worker slots taskq takes of max_worker_processes, and how to size it
+ * when parallel query would be left short.
+ */
+static void
+log_sizing(int ndatabases)
+{
+	int			need = slots_needed(ndatabases);
+	int			logrep = max_logical_replication_workers > 0 ? 1 : 0;
+
+	if (ndatabases == sized_databases && taskq_workers == sized_workers)
+		return;
+	sized_databases = ndatabases;
+	sized_workers = taskq_workers;
+	if (need + logrep + max_parallel_workers <= max_worker_processes)
+		return;
+	ereport(need + logrep > max_worker_processes ? WARNING : LOG,
+			(errmsg("taskq needs %d of max_worker_processes = %d background worker slots: 1 launcher + %d database(s) x taskq.workers = %d",
+					need, max_worker_processes, ndatabases, taskq_workers),
+			 errdetail("Parallel query (max_parallel_workers = %d), logical replication and other extensions take their workers from the same slots.",
+					   max_parallel_workers),
+			 errhint("Set max_worker_processes to at least %d (taskq) + %d (max_parallel_workers) + %d (logical replication launcher) + what other extensions use, and restart.",
+					 need, max_parallel_workers, logrep)));
+}
+
+/*
+ * Log the dispatchers that found no worker slot, once per shortage (again
+ * only when it grows), and when they all run again; publish the databases
+ * that have no dispatcher at all.
+ */
+static void
+report_no_slot(void)
+{
+	int			i,
+				j;
+	int			waiting = 0;
+	int			nseen = 0;
+	int			nstarved = 0;
+	Oid		   *starved = palloc(sizeof(Oid) * Max(nwanted, 1));
+
+	for (i = 0; i < nwanted; i++)
+	{
+		Wanted	   *w = &wanted[i];
+		bool		db_runs = false;
+		bool		db_short = false;
+		bool		listed = false;
+
+		if (!w->seen)
+			continue;
+		nseen++;
+		if (w->slot < 0 && w->no_slot)
+			waiting++;
+		for (j = 0; j < nstarved && !listed; j++)
+			listed = starved[j] == w->dboid;
+		if (listed)
+			continue;
+		for (j = 0; j < nwanted; j++)
+		{
+			if (!wanted[j].seen || wanted[j].dboid != w->dboid)
+				continue;
+			db_runs |= wanted[j].slot >= 0;
+			db_short |= wanted[j].slot < 0 && wanted[j].no_slot;
+		}
+		if (db_short && !db_runs)
+			starved[nstarved++] = w->dboid;
+	}
+	taskq_set_starved(starved, nstarved);
+	pfree(starved);
+
+	if (waiting > logged_no_slot)
+		ereport(WARNING,
+				(errmsg("taskq: %d of %d dispatchers could not start: no background worker slot is free (max_worker_processes = %d)",
+						waiting, nseen, max_worker_processes),
+				 errdetail("%d database(s) have no dispatcher at all; their tasks wait.", nstarved),
+				 errhint("Set max_worker_processes to at least %d (taskq: 1 launcher + taskq.workers per database) + max_parallel_workers (%d) + what other extensions use, and restart.  taskq keeps trying meanwhile.",
+						 1 + nseen, max_parallel_workers)));
+	else if (waiting == 0 && logged_no_slot > 0)
+		ereport(LOG, (errmsg("taskq: no dispatcher waits for a background worker slot any more")));
+	logged_no_slot = waiting;
 }
 
 /*
@@ -514,8 +645,10 @@ reconcile(void)
 	int			i;
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next = TimestampTzPlusMilliseconds(now, LAUNCHER_NAP_MS);
+	bool		slot_freed = false;
 
 	free_untracked_slots();
+	log_sizing(list_length(dbs));
 	for (i = 0; i < nwanted; i++)
 		wanted[i].seen = false;
 	foreach(lc, dbs)
@@ -541,8 +674,19 @@ reconcile(void)
 
 		if (w->slot >= 0 && w->handle != NULL &&
 			GetBackgroundWorkerPid(w->handle, &pid) == BGWH_STOPPED)
+		{
 			dispatcher_stopped(w);
+			slot_freed = true;
+		}
+	}
 
+	for (i = 0; i < nwanted; i++)
+	{
+		Wanted	   *w = &wanted[i];
+
+		/* a dispatcher of ours left its worker slot: try the slot now */
+		if (slot_freed && w->slot < 0 && w->no_slot)
+			w->next_start = now;
 		if (!w->seen)
 		{
 			if (w->slot >= 0 && w->handle != NULL)
@@ -563,6 +707,7 @@ reconcile(void)
 		else
 			i++;
 	}
+	report_no_slot();
 	list_free(dbs);
 	return next;
 }

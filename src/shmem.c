@@ -67,6 +67,7 @@
 #define TASKQ_MAX_INTERRUPTS 64
 #define TASKQ_CANCEL_RING	64
 #define TASKQ_MAX_PENDING	64
+#define TASKQ_MAX_STARVED	64
 
 /* A dispatcher's crash marker file: the task whose handler runs, or 0. */
 typedef struct TaskqMarker
@@ -104,6 +105,16 @@ typedef struct TaskqShared
 
 	/* dispatchers that have exited since the server started */
 	pg_atomic_uint64 dispatcher_exits;
+
+	/*
+	 * Databases of taskq.databases where no dispatcher runs because no
+	 * background worker slot was free, as the launcher last saw them
+	 * (under mutex).  starved_gen moves at each change, so enqueue() reads
+	 * one atomic per call and the list only when it changed.
+	 */
+	pg_atomic_uint32 starved_gen;
+	int			nstarved;
+	Oid			starved[TASKQ_MAX_STARVED];
 	int			nslots;
 	TaskqSlot	slots[FLEXIBLE_ARRAY_MEMBER];
 } TaskqShared;
@@ -254,6 +265,7 @@ shmem_startup(void)
 			pg_atomic_init_u32(&shared->slots[i].wake_pending, 0);
 		pg_atomic_init_u64(&shared->dispatcher_exits, 0);
 		pg_atomic_init_u64(&shared->launcher_pass, 0);
+		pg_atomic_init_u32(&shared->starved_gen, 0);
 		load_suspect_files();
 	}
 	memset(&info, 0, sizeof(info));
@@ -388,6 +400,54 @@ taskq_take_extension_wakeup(Oid dboid)
 			break;
 		}
 	}
+	SpinLockRelease(&shared->mutex);
+	return found;
+}
+
+/*
+ * The launcher publishes the databases whose dispatchers all failed to
+ * start for want of a background worker slot (at most TASKQ_MAX_STARVED).
+ */
+void
+taskq_set_starved(const Oid *dboids, int n)
+{
+	bool		changed;
+
+	n = Min(n, TASKQ_MAX_STARVED);
+	SpinLockAcquire(&shared->mutex);
+	changed = n != shared->nstarved ||
+		memcmp(shared->starved, dboids, sizeof(Oid) * n) != 0;
+	if (changed)
+	{
+		memcpy(shared->starved, dboids, sizeof(Oid) * n);
+		shared->nstarved = n;
+	}
+	SpinLockRelease(&shared->mutex);
+	if (changed)
+		pg_atomic_fetch_add_u32(&shared->starved_gen, 1);
+}
+
+/*
+ * Whether dboid is among the starved databases, looked up only when the
+ * launcher changed the list since *seen_gen (false otherwise): enqueue's
+ * hot path pays one atomic read.
+ */
+bool
+taskq_database_starved(Oid dboid, uint32 *seen_gen)
+{
+	uint32		gen;
+	bool		found = false;
+	int			i;
+
+	if (!have_shared())
+		return false;
+	gen = pg_atomic_read_u32(&shared->starved_gen);
+	if (gen == *seen_gen)
+		return false;
+	*seen_gen = gen;
+	SpinLockAcquire(&shared->mutex);
+	for (i = 0; i < shared->nstarved && !found; i++)
+		found = shared->starved[i] == dboid;
 	SpinLockRelease(&shared->mutex);
 	return found;
 }

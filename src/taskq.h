@@ -183,6 +183,8 @@ extern void taskq_set_launcher(bool alive);
 extern pid_t taskq_launcher_pid(void);
 extern void taskq_set_launcher_pass(TimestampTz next);
 extern bool taskq_take_extension_wakeup(Oid dboid);
+extern void taskq_set_starved(const Oid *dboids, int n);
+extern bool taskq_database_starved(Oid dboid, uint32 *seen_gen);
 
 extern bool taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue,
 							 int64 timeout_ms, uint64 *seen_gen);
