@@ -8,6 +8,7 @@ OBJS = \
 	src/taskq.o \
 	src/common.o \
 	src/shmem.o \
+	src/outbox.o \
 	src/enqueue.o \
 	src/handlers.o \
 	src/tasks.o \

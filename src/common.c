@@ -4,8 +4,8 @@
  *	  The small helpers that every SQL-facing file shares: who the caller
  *	  is, acting as the extension's owner, the fixed search_path of our own
  *	  statements, prepared plans kept per backend,
- *	  name and interval checks, and the version of the extension's SQL
- *	  objects.  It calls no other file of taskq, so any file may call it.
+ *	  name and interval checks, the retry backoff, and the version of the
+ *	  extension's SQL objects.  It calls no other file of taskq, so any file may call it.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,6 +18,9 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_extension.h"
+#if PG_VERSION_NUM >= 150000
+#include "common/pg_prng.h"
+#endif
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -270,6 +273,29 @@ const char *
 taskq_mode_name(int mode)
 {
 	return mode == TASKQ_MODE_SYNC ? "sync" : "async";
+}
+
+/*
+ * The delay before retry number attempt, in ms: taskq.retry_backoff,
+ * doubled for each attempt before, capped at taskq.retry_backoff_max,
+ * with jitter.  Retry policy that the dispatcher and retry() share.
+ */
+int64
+taskq_backoff_ms(int attempt)
+{
+	double		ms = taskq_retry_backoff;
+	int			i;
+
+	for (i = 1; i < attempt && ms < taskq_retry_backoff_max; i++)
+		ms *= 2;
+	if (ms > taskq_retry_backoff_max)
+		ms = taskq_retry_backoff_max;
+	/* equal jitter: between half and all of the computed delay */
+#if PG_VERSION_NUM >= 150000
+	return (int64) (ms / 2 + (ms / 2) * pg_prng_double(&pg_global_prng_state));
+#else
+	return (int64) (ms / 2 + (ms / 2) * ((double) random() / MAX_RANDOM_VALUE));
+#endif
 }
 
 /*

@@ -46,12 +46,8 @@
 #include "catalog/pg_authid.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_type.h"
-#include "utils/array.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
-#if PG_VERSION_NUM >= 150000
-#include "common/pg_prng.h"
-#endif
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -91,22 +87,6 @@ static TimestampTz retry_hint = DT_NOEND;
 static TimestampTz lease_hint = DT_NOEND;
 static char my_dbname[NAMEDATALEN];
 static uint64 cancel_seen = 0;	/* our position in the cancel ring */
-
-static SPIPlanPtr claim_plan = NULL;
-static SPIPlanPtr claim_excluding_plan = NULL;
-static SPIPlanPtr claim_cursor_plan = NULL;
-static SPIPlanPtr exclusions_plan = NULL;
-static SPIPlanPtr success_plan = NULL;
-static SPIPlanPtr remove_plan = NULL;
-static SPIPlanPtr failure_plan = NULL;
-static SPIPlanPtr reap_plan = NULL;
-static SPIPlanPtr backoff_plan = NULL;
-static SPIPlanPtr lease_plan = NULL;
-static SPIPlanPtr expire_plan = NULL;
-static SPIPlanPtr retention_plan = NULL;
-static SPIPlanPtr next_due_plan = NULL;
-
-static void forget_claim_plans(void);
 
 /* ----------------------------------------------------------------
  * Slot bookkeeping
@@ -340,7 +320,7 @@ check_extension_version(void)
  */
 
 /*
- * Charge suspects and requeue orphans, in one statement: a task is an
+ * Charge suspects and requeue orphans, in one statement (outbox.c): a task is an
  * orphan when it is 'running' but its dispatcher is gone.  An orphan whose
  * handler was running when its dispatcher died (a suspect) is charged one
  * attempt.  A crash is counted in crashes too, every one of them (DESIGN
@@ -369,221 +349,100 @@ check_extension_version(void)
 static uint64 exits_reaped = 0;
 static bool reaped = false;
 
-#define REAP_SQL \
-	"UPDATE taskq.tasks t SET" \
-	"  crashes = t.crashes OPERATOR(pg_catalog.+) o.crash," \
-	"  attempts = t.attempts OPERATOR(pg_catalog.+) o.charge," \
-	"  worker_pid = NULL," \
-	"  last_error = CASE WHEN o.crash OPERATOR(pg_catalog.=) 1" \
-	"    THEN 'the dispatcher exited abnormally while running this task (crash '" \
-	"         OPERATOR(pg_catalog.||) (t.crashes OPERATOR(pg_catalog.+) 1)::pg_catalog.text" \
-	"         OPERATOR(pg_catalog.||) ', counted as attempt '" \
-	"         OPERATOR(pg_catalog.||) (t.attempts OPERATOR(pg_catalog.+) 1)::pg_catalog.text OPERATOR(pg_catalog.||) ')'" \
-	"    WHEN o.charge OPERATOR(pg_catalog.=) 1" \
-	"    THEN 'timed out after '" \
-	"         OPERATOR(pg_catalog.||) pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8::pg_catalog.text" \
-	"         OPERATOR(pg_catalog.||) ' ms; the handler did not stop within taskq.interrupt_grace, so its dispatcher was terminated'" \
-	"    ELSE t.last_error END," \
-	"  status = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.<) t.max_attempts THEN 'queued'" \
-	"    WHEN o.crash OPERATOR(pg_catalog.=) 1 THEN 'failed' ELSE 'timeout' END::taskq.status," \
-	"  finished_at = CASE WHEN t.attempts OPERATOR(pg_catalog.+) o.charge OPERATOR(pg_catalog.>=) t.max_attempts" \
-	"    THEN pg_catalog.clock_timestamp() END" \
-	" FROM (SELECT id, COALESCE(cause OPERATOR(pg_catalog.=) 'crash', false)::pg_catalog.int4 AS crash," \
-	"         (cause IS NOT NULL)::pg_catalog.int4 AS charge" \
-	"       FROM (SELECT id, taskq._orphan_cause(id) AS cause" \
-	"             FROM taskq.tasks" \
-	"             WHERE (status OPERATOR(pg_catalog.=) 'running'" \
-	"                    AND NOT taskq._dispatcher_alive(worker_pid, started_at))" \
-	"                OR (status OPERATOR(pg_catalog.=) 'queued'" \
-	"                    AND id OPERATOR(pg_catalog.=) ANY ($1))" \
-	"             FOR UPDATE SKIP LOCKED) x) o" \
-	" WHERE t.id OPERATOR(pg_catalog.=) o.id" \
-	" RETURNING t.id, o.crash, o.charge, t.status::pg_catalog.text, t.queue, t.handler, t.attempts"
+#define MAX_REAPED	64			/* suspects passed, charges forgotten, retries delayed */
 
 /* A timed-out orphan with attempts left waits for its backoff. */
 static void
 delay_retry(int64 id, int attempts)
 {
-	Oid			types[2] = {INT8OID, INT8OID};
-	Datum		values[2];
 	int64		delay_ms = taskq_backoff_ms(attempts);
 
-	values[0] = Int64GetDatum(id);
-	values[1] = Int64GetDatum(delay_ms);
-	if (SPI_execute_plan(taskq_prepare(&backoff_plan,
-									   "UPDATE taskq.tasks SET run_at = pg_catalog.clock_timestamp()"
-									   " OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2 OPERATOR(pg_catalog./) 1000.0)"
-									   " WHERE id OPERATOR(pg_catalog.=) $1",
-									   2, types),
-						 values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: delaying the retry of task " INT64_FORMAT " failed", id);
+	taskq_outbox_delay(id, delay_ms);
 	retry_hint = Min(retry_hint, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms));
 }
 
+/*
+ * Log and count one task that reaping touched.  True when it was charged
+ * an attempt; an orphan that was only claimed goes back quietly.
+ */
+static bool
+report_reaped(const TaskqReaped *r)
+{
+	bool		ended = strcmp(r->status, "queued") != 0;
+
+	if (!r->charge)
+	{
+		elog(DEBUG1, "taskq: requeued task " INT64_FORMAT " claimed by a dispatcher that exited", r->id);
+		return false;
+	}
+	if (r->crash)
+		ereport(LOG,
+				(errmsg("taskq: task " INT64_FORMAT " was running when its dispatcher exited abnormally; charged attempt %d, now %s",
+						r->id, r->attempts, r->status)));
+	else
+		ereport(LOG,
+				(errmsg("taskq: task " INT64_FORMAT " ignored its timeout until its dispatcher was terminated; charged attempt %d, now %s",
+						r->id, r->attempts, r->status)));
+	taskq_count_outcome(MyDatabaseId, r->queue, r->handler, 0, ended, !ended);
+	return true;
+}
+
+/*
+ * Reap (see above) when a dispatcher has exited since we last did, then
+ * delay the retries of timed-out orphans and forget the charged suspects.
+ */
 static void
 reap_orphans(void)
 {
-	uint64		i;
-	int64		suspects[64];
+	int64		suspects[MAX_REAPED];
 	int			nsuspects;
-	Datum	   *elems;
-	Oid			types[1] = {INT8ARRAYOID};
-	Datum		values[1];
-	int64		charged[64];
+	int64		charged[MAX_REAPED];
 	int			ncharged = 0;
-	int64		delayed[64];
-	int			delayed_attempts[64];
 	int			ndelayed = 0;
-	int			ret;
+	TaskqReaped *rows;
+	int			nrows;
+	int			i;
 	uint64		exits;
 
 	exits = taskq_dispatcher_exits();	/* before the scan: later exits reap again */
 	if (reaped && exits == exits_reaped)
 		return;
 	nsuspects = taskq_list_suspects(MyDatabaseId, suspects, lengthof(suspects));
-	elems = palloc(sizeof(Datum) * Max(nsuspects, 1));
-	for (i = 0; i < (uint64) nsuspects; i++)
-		elems[i] = Int64GetDatum(suspects[i]);
-	values[0] = PointerGetDatum(construct_array(elems, nsuspects, INT8OID, sizeof(int64),
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	ret = SPI_execute_plan(taskq_prepare(&reap_plan, REAP_SQL, 1, types), values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "taskq: reaping orphaned tasks failed: %s", SPI_result_code_string(ret));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		bool		crash = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull)) == 1;
-		bool		charge = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull)) == 1;
-		char	   *status = SPI_getvalue(tup, desc, 4);
-		int			attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-		bool		ended = strcmp(status, "queued") != 0;
-
-		if (!charge)
-		{
-			elog(DEBUG1, "taskq: requeued task " INT64_FORMAT " claimed by a dispatcher that exited", id);
-			continue;
-		}
-		if (ncharged < (int) lengthof(charged))
-			charged[ncharged++] = id;
-		if (crash)
-			ereport(LOG,
-					(errmsg("taskq: task " INT64_FORMAT " was running when its dispatcher exited abnormally; charged attempt %d, now %s",
-							id, attempts, status)));
-		else
-			ereport(LOG,
-					(errmsg("taskq: task " INT64_FORMAT " ignored its timeout until its dispatcher was terminated; charged attempt %d, now %s",
-							id, attempts, status)));
-		if (!crash && !ended && ndelayed < (int) lengthof(delayed))
-		{
-			delayed[ndelayed] = id;
-			delayed_attempts[ndelayed++] = attempts;
-		}
-		taskq_count_outcome(MyDatabaseId, SPI_getvalue(tup, desc, 5), SPI_getvalue(tup, desc, 6),
-							0, ended, !ended);
-	}
-	for (i = 0; i < (uint64) ndelayed; i++)
-		delay_retry(delayed[i], delayed_attempts[i]);
+	nrows = taskq_outbox_reap(suspects, nsuspects, &rows);
+	for (i = 0; i < nrows; i++)
+		if (report_reaped(&rows[i]) && ncharged < (int) lengthof(charged))
+			charged[ncharged++] = rows[i].id;
+	for (i = 0; i < nrows; i++)
+		if (rows[i].charge && !rows[i].crash && strcmp(rows[i].status, "queued") == 0 &&
+			ndelayed++ < MAX_REAPED)
+			delay_retry(rows[i].id, rows[i].attempts);
 	taskq_forget_suspects(MyDatabaseId, charged, ncharged);
 	reaped = true;
 	exits_reaped = exits;
 }
 
+/* Count a notify task whose lease ran out: retried, or failed for good. */
 static void
-maintenance(void)
+count_lease_expiry(const char *queue, const char *handler, bool failed)
 {
-	Oid			types[1] = {INT4OID};
-	Datum		values[1];
-	int			ret;
-	uint64		i;
-
-	set_state(TASKQ_STATE_MAINTENANCE);
-	reap_orphans();
-
-	/* Notify tasks whose lease ran out are delivered again, or fail. */
-	ret = SPI_execute_plan(taskq_prepare(&lease_plan,
-										 "UPDATE taskq.tasks SET lease_until = NULL,"
-										 " status = CASE WHEN attempts OPERATOR(pg_catalog.>=) max_attempts"
-										 "   THEN 'failed' ELSE 'queued' END::taskq.status,"
-										 " finished_at = CASE WHEN attempts OPERATOR(pg_catalog.>=) max_attempts"
-										 "   THEN pg_catalog.clock_timestamp() END,"
-										 " run_at = pg_catalog.clock_timestamp(),"
-										 " last_error = 'no ack() within taskq.ack_timeout (attempt '"
-										 "   OPERATOR(pg_catalog.||) attempts::pg_catalog.text OPERATOR(pg_catalog.||) ')'"
-										 " WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
-										 "   WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
-										 "   AND lease_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
-										 "   FOR UPDATE SKIP LOCKED)"
-										 " RETURNING queue, handler, status OPERATOR(pg_catalog.=) 'failed'",
-										 0, NULL),
-						   NULL, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "taskq: expiring leases failed");
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		bool		isnull;
-		bool		failed = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
-
-		taskq_count_outcome(MyDatabaseId, SPI_getvalue(tup, SPI_tuptable->tupdesc, 1),
-							SPI_getvalue(tup, SPI_tuptable->tupdesc, 2),
-							0, failed ? 1 : 0, failed ? 0 : 1);
-	}
-
-	/* Queued tasks past expires_at end 'expired'. */
-	ret = SPI_execute_plan(taskq_prepare(&expire_plan,
-										 "UPDATE taskq.tasks SET status = 'expired', finished_at = pg_catalog.now()"
-										 " WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
-										 "   WHERE status OPERATOR(pg_catalog.=) 'queued'"
-										 "   AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
-										 0, NULL),
-						   NULL, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: expiring tasks failed");
-
-	/* Ended tasks older than taskq.retention are removed. */
-	values[0] = Int32GetDatum(taskq_retention);
-	ret = SPI_execute_plan(taskq_prepare(&retention_plan,
-										 "DELETE FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
-										 "   WHERE status " TASKQ_SQL_ENDED
-										 "   AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now()"
-										 "     OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))"
-										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
-										 1, types),
-						   values, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "taskq: removing old tasks failed");
-	forget_claim_plans();
-	last_maintenance = GetCurrentTimestamp();
+	taskq_count_outcome(MyDatabaseId, queue, handler, 0, failed ? 1 : 0, failed ? 0 : 1);
 }
 
 /*
- * When something next becomes due: the earliest future run_at of a queued
- * task (returned), and the earliest lease to run out (*lease).  Both are
- * index range scans.
+ * One maintenance pass: reap, redeliver or fail notify tasks whose lease
+ * ran out, expire tasks past expires_at, remove ended tasks older than
+ * taskq.retention, and have the claims planned again (see outbox.c).
  */
-static TimestampTz
-next_due(TimestampTz *lease)
+static void
+maintenance(void)
 {
-	bool		isnull;
-	Datum		d;
-
-	if (SPI_execute_plan(taskq_prepare(&next_due_plan,
-									   "SELECT"
-									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
-									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1),"
-									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
-									   "   ORDER BY lease_until LIMIT 1)",
-									   0, NULL),
-						 NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: computing the next due time failed");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-	*lease = isnull ? DT_NOEND : DatumGetTimestampTz(d);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	set_state(TASKQ_STATE_MAINTENANCE);
+	reap_orphans();
+	taskq_outbox_expire_leases(count_lease_expiry);
+	taskq_outbox_expire_tasks();
+	taskq_outbox_remove_ended(taskq_retention);
+	taskq_outbox_forget_claim_plans();
+	last_maintenance = GetCurrentTimestamp();
 }
 
 /* ----------------------------------------------------------------
@@ -624,62 +483,59 @@ static struct
 	TimestampTz since;			/* last claim from the head */
 }			cursor;
 
-/* The claim, around the exclusion of paused queues and disabled handlers. */
-#define CLAIM_SQL_HEAD \
-	"WITH c AS (" \
-	" SELECT t.id FROM taskq.tasks t" \
-	" WHERE t.status OPERATOR(pg_catalog.=) 'queued'" \
-	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-#define CLAIM_SQL_TAIL \
-	" ORDER BY t.priority DESC, t.run_at, t.id" \
-	" LIMIT %d FOR UPDATE SKIP LOCKED)" \
-	" UPDATE taskq.tasks t SET" \
-	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN 'expired' ELSE 'running' END::taskq.status," \
-	"  worker_pid = $1, started_at = pg_catalog.now()," \
-	"  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN pg_catalog.now() END" \
-	" FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id" \
-	" RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts," \
-	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8," \
-	"  t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata," \
-	"  t.status OPERATOR(pg_catalog.=) 'expired'"
-
 /*
- * The claim statements have the batch size written in (a LIMIT parameter
- * would make the generic plan guess a tenth of the table and hash-join
- * it).  $1 is our pid; a filter's parameters follow.  The plain and the
- * cursor claims run with generic plans, planned again when the batch size
- * changes and at each maintenance, so that a plan made while the table
- * was small does not outlive its growth until the next ANALYZE.
+ * Where this claim starts: after the drain's cursor into *after (returned)
+ * while it is valid and less than CURSOR_MS old; else (NULL) at the head,
+ * which restarts that clock.  A claim that excludes queues or handlers
+ * neither uses nor restarts the cursor.
  */
-static int	claim_plans_batch = 0;
-
-/* The claim with this filter, prepared once into *cache. */
-static SPIPlanPtr
-claim_statement(SPIPlanPtr *cache, const char *filter, int nargs, Oid *types, bool generic)
+static const TaskqClaimAfter *
+claim_start(const TaskqExclusions *ex, TaskqClaimAfter *after)
 {
-	char	   *sql;
-
-	if (*cache != NULL)
-		return *cache;
-	sql = psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL, filter, taskq_batch_size);
-	return generic ? taskq_prepare_generic(cache, sql, nargs, types) :
-		taskq_prepare_custom(cache, sql, nargs, types);
+	if (ex->n > 0)
+		return NULL;
+	if (cursor.valid &&
+		!TimestampDifferenceExceeds(cursor.since, GetCurrentTimestamp(), CURSOR_MS))
+	{
+		after->priority = cursor.priority;
+		after->run_at = cursor.run_at;
+		after->id = cursor.id;
+		return after;
+	}
+	cursor.since = GetCurrentTimestamp();
+	return NULL;
 }
 
+/*
+ * A full batch (claimed without exclusions) means more may follow at this
+ * priority: continue after its last task, of the sorted batch.  A short
+ * one ends the drain; the next claim starts at the head again.
+ */
 static void
-forget_claim_plans(void)
+advance_cursor(const TaskqTask *tasks, int n, bool go_on)
 {
-	SPIPlanPtr *plans[3] = {&claim_plan, &claim_cursor_plan, &claim_excluding_plan};
-	int			i;
-
-	for (i = 0; i < (int) lengthof(plans); i++)
+	cursor.valid = go_on;
+	if (cursor.valid)
 	{
-		if (*plans[i] != NULL)
-			SPI_freeplan(*plans[i]);
-		*plans[i] = NULL;
+		cursor.priority = tasks[n - 1].priority;
+		cursor.run_at = tasks[n - 1].run_at;
+		cursor.id = tasks[n - 1].id;
 	}
+}
+
+/*
+ * After a short batch, in the claim's transaction, read when something
+ * next becomes due (*due, *lease; DT_NOEND after a full batch).  The read
+ * sees what our earlier batches made due later, so their hints restart.
+ */
+static void
+read_next_due(bool full, TimestampTz *due, TimestampTz *lease)
+{
+	*due = *lease = DT_NOEND;
+	if (full)
+		return;
+	*due = taskq_outbox_next_due(lease);
+	retry_hint = lease_hint = DT_NOEND;
 }
 
 /*
@@ -687,20 +543,15 @@ forget_claim_plans(void)
  * many (expired ones included, marked), or -1 if the extension is gone.
  * *full says whether the batch was full.  A short batch means nothing
  * else is due now; the same transaction then reads when something next
- * becomes due (*due, *lease: see next_due()).
+ * becomes due (*due, *lease: see taskq_outbox_next_due()).
  */
 static int
 claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 {
-	Oid			types[3] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID};
-	Oid			cursor_types[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
-	Datum		values[4];
-	SPIPlanPtr	plan;
-	int			exclusions;
+	TaskqExclusions ex;
+	TaskqClaimAfter after;
 	TaskqTask  *tasks;
-	uint64		i;
 	int			n;
-	MemoryContext old;
 
 	set_state(TASKQ_STATE_CLAIMING);
 	/* before the snapshot: a commit that this claim misses sets it again */
@@ -712,92 +563,10 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 		return -1;
 	}
 	cancel_seen = taskq_cancel_generation();
-	values[0] = Int32GetDatum(MyProcPid);
-
-	/*
-	 * Paused queues and disabled handlers are rare.  Without any, the claim
-	 * is the plain ordered scan of tasks_due_idx.  With some, the claim
-	 * excludes them by value, planned for those values each time: a
-	 * generic plan estimates "queue <> ALL (unknown)" from the column's
-	 * statistics, and with a single queue in the table that estimate is
-	 * zero rows, which makes a sort of the whole table look cheaper than
-	 * the index.
-	 */
-	if (SPI_execute_plan(taskq_prepare(&exclusions_plan,
-									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused),"
-									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled)",
-									   0, NULL),
-						 NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: reading paused queues failed");
-	{
-		bool		isnull;
-
-		values[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		values[2] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-		exclusions = ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[1])), ARR_DIMS(DatumGetArrayTypeP(values[1]))) +
-			ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(values[2])), ARR_DIMS(DatumGetArrayTypeP(values[2])));
-	}
-	if (claim_plans_batch != taskq_batch_size)
-		forget_claim_plans();
-	claim_plans_batch = taskq_batch_size;
-	if (exclusions == 0 && cursor.valid &&
-		!TimestampDifferenceExceeds(cursor.since, GetCurrentTimestamp(), CURSOR_MS))
-	{
-		values[1] = Int32GetDatum(cursor.priority);
-		values[2] = TimestampTzGetDatum(cursor.run_at);
-		values[3] = Int64GetDatum(cursor.id);
-		plan = claim_statement(&claim_cursor_plan,
-							   "   AND t.priority OPERATOR(pg_catalog.=) $2"
-							   "   AND ROW(t.run_at, t.id) OPERATOR(pg_catalog.>) ROW($3, $4)",
-							   4, cursor_types, true);
-	}
-	else if (exclusions == 0)
-	{
-		cursor.since = GetCurrentTimestamp();
-		plan = claim_statement(&claim_plan, "", 1, types, true);
-	}
-	else
-		plan = claim_statement(&claim_excluding_plan,
-							   "   AND t.queue OPERATOR(pg_catalog.<>) ALL ($2)"
-							   "   AND t.handler OPERATOR(pg_catalog.<>) ALL ($3)",
-							   3, types, false);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "taskq: claiming tasks failed");
-
-	n = (int) SPI_processed;
-	old = MemoryContextSwitchTo(batch_ctx);
-	tasks = palloc0(sizeof(TaskqTask) * Max(n, 1));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		TaskqTask  *t = &tasks[i];
-		bool		isnull;
-		Datum		d;
-
-		t->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		t->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-		t->queue = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-		t->priority = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-		t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-		t->timeout_ms = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
-		t->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 8, &isnull));
-		t->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
-		t->payload = PointerGetDatum(PG_DETOAST_DATUM_COPY(SPI_getbinval(tup, desc, 10, &isnull)));
-		d = SPI_getbinval(tup, desc, 11, &isnull);
-		t->metadata = isnull ? (Datum) 0 : PointerGetDatum(PG_DETOAST_DATUM_COPY(d));
-		t->expired = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
-	}
-	MemoryContextSwitchTo(old);
-
+	taskq_outbox_read_exclusions(&ex);
+	n = taskq_outbox_claim(&ex, claim_start(&ex, &after), batch_ctx, &tasks);
 	*full = n == taskq_batch_size;
-	*due = *lease = DT_NOEND;
-	if (!*full)
-	{
-		*due = next_due(lease);
-		retry_hint = lease_hint = DT_NOEND;
-	}
+	read_next_due(*full, due, lease);
 
 	/*
 	 * A handler may take the server down.  If this commit is lost with the
@@ -807,19 +576,7 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	commit_tx(taskq_synchronous_commit);
 
 	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
-
-	/*
-	 * A full batch means more may follow at this priority: continue after
-	 * its last task.  A short one ends the drain; the next claim starts at
-	 * the head again.
-	 */
-	cursor.valid = exclusions == 0 && *full;
-	if (cursor.valid)
-	{
-		cursor.priority = tasks[n - 1].priority;
-		cursor.run_at = tasks[n - 1].run_at;
-		cursor.id = tasks[n - 1].id;
-	}
+	advance_cursor(tasks, n, ex.n == 0 && *full);
 	*tasks_out = tasks;
 	return n;
 }
@@ -828,24 +585,6 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
  * Run
  * ----------------------------------------------------------------
  */
-
-int64
-taskq_backoff_ms(int attempt)
-{
-	double		ms = taskq_retry_backoff;
-	int			i;
-
-	for (i = 1; i < attempt && ms < taskq_retry_backoff_max; i++)
-		ms *= 2;
-	if (ms > taskq_retry_backoff_max)
-		ms = taskq_retry_backoff_max;
-	/* equal jitter: between half and all of the computed delay */
-#if PG_VERSION_NUM >= 150000
-	return (int64) (ms / 2 + (ms / 2) * pg_prng_double(&pg_global_prng_state));
-#else
-	return (int64) (ms / 2 + (ms / 2) * ((double) random() / MAX_RANDOM_VALUE));
-#endif
-}
 
 /* One trace line per dispatch decision; delay is run_at to handler start. */
 static void
@@ -863,15 +602,6 @@ trace_dispatch(TaskqTask *task, TaskqHandler *h, TimestampTz start, const char *
 }
 
 /*
- * "The task is still ours", for the outcome updates.  Written with a text
- * comparison on purpose: "status = 'running'" could let the planner scan
- * a partial index whose predicate it implies instead of the primary key,
- * visiting every dead entry of that index on each update.
- */
-#define STILL_OURS \
-	"status::pg_catalog.text OPERATOR(pg_catalog.=) 'running' AND worker_pid OPERATOR(pg_catalog.=) $5"
-
-/*
  * Record a handler's success inside its subtransaction.  False if the task
  * is no longer ours (cancelled meanwhile): the caller rolls back.
  *
@@ -882,80 +612,33 @@ trace_dispatch(TaskqTask *task, TaskqHandler *h, TimestampTz start, const char *
 static bool
 record_success(TaskqTask *task, TaskqOutcome *out)
 {
-	Oid			types[5] = {INT8OID, TEXTOID, JSONBOID, INT4OID, INT4OID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	bool		ours;
 
 	if (taskq_retention == 0 && strcmp(out->status, "completed") == 0)
-	{
-		Oid			remove_types[2] = {INT8OID, INT4OID};
+		return taskq_outbox_remove_completed(task->id);
 
-		values[0] = Int64GetDatum(task->id);
-		values[1] = Int32GetDatum(MyProcPid);
-		if (SPI_execute_plan(taskq_prepare(&remove_plan,
-										   "DELETE FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) $1"
-										   " AND status::pg_catalog.text OPERATOR(pg_catalog.=) 'running'"
-										   " AND worker_pid OPERATOR(pg_catalog.=) $2",
-										   2, remove_types),
-							 values, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "taskq: removing completed task " INT64_FORMAT " failed", task->id);
-		return SPI_processed == 1;
-	}
-
-	values[0] = Int64GetDatum(task->id);
-	values[1] = CStringGetTextDatum(out->status);
-	values[2] = out->result;
-	nulls[2] = out->result_null ? 'n' : ' ';
-	values[3] = Int32GetDatum(taskq_ack_timeout);
-	values[4] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(taskq_prepare(&success_plan,
-									   "UPDATE taskq.tasks SET status = $2::taskq.status,"
-									   " attempts = attempts OPERATOR(pg_catalog.+) 1, result = $3, worker_pid = NULL,"
-									   " finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'completed' THEN pg_catalog.clock_timestamp() END,"
-									   " lease_until = CASE WHEN $2 OPERATOR(pg_catalog.=) 'dispatched'"
-									   "   THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000.0) END"
-									   " WHERE id OPERATOR(pg_catalog.=) $1 AND " STILL_OURS,
-									   5, types),
-						 values, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: recording the outcome of task " INT64_FORMAT " failed", task->id);
+	ours = taskq_outbox_complete(task->id, out, taskq_ack_timeout);
 	if (strcmp(out->status, "dispatched") == 0)
 		lease_hint = Min(lease_hint,
 						 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), taskq_ack_timeout));
-	return SPI_processed == 1;
+	return ours;
 }
 
 /*
  * Record a failed attempt: queued again after the backoff, or ended
- * ('failed', or 'timeout' when the last attempt timed out).
+ * ('failed', or 'timeout' when the last attempt timed out).  False if the
+ * task is no longer ours (cancelled meanwhile).
  */
 static bool
 record_failure(TaskqTask *task, const char *error, bool timed_out)
 {
-	Oid			types[5] = {INT8OID, TEXTOID, INT8OID, TEXTOID, INT4OID};
-	Datum		values[5];
 	bool		final = task->attempts + 1 >= task->max_attempts;
 	int64		delay_ms = final ? -1 : taskq_backoff_ms(task->attempts + 1);
 	char	   *msg = pstrdup(error);
 
 	if (strlen(msg) > TASKQ_ERROR_MAXLEN)
 		msg[TASKQ_ERROR_MAXLEN] = '\0';
-	values[0] = Int64GetDatum(task->id);
-	values[1] = CStringGetTextDatum(msg);
-	values[2] = Int64GetDatum(delay_ms);
-	values[3] = CStringGetTextDatum(timed_out ? "timeout" : "failed");
-	values[4] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(taskq_prepare(&failure_plan,
-									   "UPDATE taskq.tasks SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
-									   " last_error = $2, worker_pid = NULL,"
-									   " status = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN $4 ELSE 'queued' END::taskq.status,"
-									   " finished_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.clock_timestamp() END,"
-									   " run_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN run_at"
-									   "   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
-									   " WHERE id OPERATOR(pg_catalog.=) $1 AND " STILL_OURS,
-									   5, types),
-						 values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: recording the failure of task " INT64_FORMAT " failed", task->id);
-	if (SPI_processed == 0)
+	if (!taskq_outbox_fail(task->id, msg, delay_ms, timed_out))
 		return false;			/* cancelled meanwhile */
 	if (!final)
 		retry_hint = Min(retry_hint, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms));
@@ -969,7 +652,6 @@ record_failure(TaskqTask *task, const char *error, bool timed_out)
 	taskq_count_outcome(MyDatabaseId, task->queue, task->handler, 0, final ? 1 : 0, final ? 0 : 1);
 	return true;
 }
-
 /* Look a handler up once per run transaction. */
 static TaskqHandler *
 batch_handler(TaskqHandler *cache, int *ncache, const char *name)
@@ -987,112 +669,116 @@ batch_handler(TaskqHandler *cache, int *ncache, const char *name)
 }
 
 /*
- * Run one task in a subtransaction, as its owner, under its timeout, and
- * record the outcome.  Errors of the handler are caught and recorded;
- * errors recording them abort the whole run transaction (and the worker).
+ * Whether the task may start, as an error if not: cancelled after we
+ * claimed it (*cancelled set), its handler unregistered, or the role
+ * that enqueued it dropped.  Publishes the task in our slot (start_task).
  */
 static void
-run_task(TaskqTask *task, TaskqHandler *h)
+check_startable(TaskqTask *task, TaskqHandler *h, volatile bool *cancelled)
 {
-	MemoryContext oldcontext = CurrentMemoryContext;
-	ResourceOwner oldowner = CurrentResourceOwner;
-	volatile bool cancelled = false;
-	volatile bool ok = false;
-	TimestampTz start = GetCurrentTimestamp();
+	if (!start_task(task))
+	{
+		*cancelled = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("task " INT64_FORMAT " was cancelled before it started", task->id)));
+	}
+	if (h == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("handler \"%s\" is not registered", task->handler)));
+	if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the role that enqueued this task (OID %u) no longer exists", task->owner)));
+}
+
+/*
+ * Run the handler as the task's owner, under its timeout and the
+ * database's search_path, then go back to our role (save_userid,
+ * save_sec) and settings and clear the task from our slot.
+ *
+ * As the owner, restricted: the session outlives the task and runs other
+ * roles' handlers next, so a handler may not leave temporary objects or
+ * session state behind for them (nor change role).  PostgreSQL runs
+ * maintenance code the same way.
+ */
+static void
+run_handler_as_owner(TaskqTask *task, TaskqHandler *h, Oid save_userid, int save_sec,
+					 TaskqOutcome *out)
+{
+	int			gucnest;
 	TimestampTz handler_start;
-	Oid			save_userid;
-	int			save_sec;
-	ErrorData  *edata = NULL;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
-	BeginInternalSubTransaction(NULL);
+	SetUserIdAndSecContext(task->owner,
+						   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	gucnest = NewGUCNestLevel();
+	set_handler_search_path();
+	handler_start = GetCurrentTimestamp();
+	enable_timeout_after(STATEMENT_TIMEOUT, (int) task->timeout_ms);
+	taskq_execute(task, h, false, out);
+	disable_timeout(STATEMENT_TIMEOUT, false);
+	AtEOXact_GUC(false, gucnest);	/* undo any SET the handler did, and ours */
+	SetUserIdAndSecContext(save_userid, save_sec);
+	end_task();					/* the handler is done: no deadline, no crash marker */
+
+	/*
+	 * A handler that trapped its timeout's error and returned anyway still
+	 * timed out: its effects roll back.
+	 */
+	if (TimestampDifferenceExceeds(handler_start, GetCurrentTimestamp(), (int) task->timeout_ms))
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("task " INT64_FORMAT " returned after its timeout", task->id)));
+}
+
+/*
+ * Record the handler's success in its subtransaction; a task cancelled
+ * while it ran is an error instead (*cancelled set), which rolls the
+ * handler's effects back.
+ */
+static void
+keep_success(TaskqTask *task, TaskqOutcome *out, volatile bool *cancelled)
+{
+	if (!record_success(task, out))
+	{
+		*cancelled = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("task " INT64_FORMAT " was cancelled while it ran", task->id)));
+	}
+	CHECK_FOR_INTERRUPTS();		/* a cancel signal that raced with us */
+}
+
+/*
+ * After an error in the task's subtransaction: copy the error (returned),
+ * roll the subtransaction back, and restore the memory context, resource
+ * owner and role of the run transaction; the task leaves our slot.
+ */
+static ErrorData *
+abandon_task(MemoryContext oldcontext, ResourceOwner oldowner, Oid save_userid, int save_sec)
+{
+	ErrorData  *edata;
+
+	disable_timeout(STATEMENT_TIMEOUT, false);
 	MemoryContextSwitchTo(oldcontext);
-	set_state(TASKQ_STATE_RUNNING);
+	edata = CopyErrorData();
+	FlushErrorState();
+	RollbackAndReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(oldcontext);
+	CurrentResourceOwner = oldowner;
+	SetUserIdAndSecContext(save_userid, save_sec);
+	end_task();
+	return edata;
+}
 
-	PG_TRY();
-	{
-		TaskqOutcome out;
-		int			gucnest;
-
-		if (!start_task(task))
-		{
-			cancelled = true;
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("task " INT64_FORMAT " was cancelled before it started", task->id)));
-		}
-		if (h == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("handler \"%s\" is not registered", task->handler)));
-		if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(task->owner)))
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("the role that enqueued this task (OID %u) no longer exists", task->owner)));
-
-		/*
-		 * As the owner, restricted: the session outlives the task and
-		 * runs other roles' handlers next, so a handler may not leave
-		 * temporary objects or session state behind for them (nor change
-		 * role).  PostgreSQL runs maintenance code the same way.
-		 */
-		SetUserIdAndSecContext(task->owner,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-		gucnest = NewGUCNestLevel();
-		set_handler_search_path();
-		handler_start = GetCurrentTimestamp();
-		enable_timeout_after(STATEMENT_TIMEOUT, (int) task->timeout_ms);
-		taskq_execute(task, h, false, &out);
-		disable_timeout(STATEMENT_TIMEOUT, false);
-		AtEOXact_GUC(false, gucnest);	/* undo any SET the handler did, and ours */
-		SetUserIdAndSecContext(save_userid, save_sec);
-		end_task();				/* the handler is done: no deadline, no crash marker */
-
-		/*
-		 * A handler that trapped its timeout's error and returned anyway
-		 * still timed out: its effects roll back.
-		 */
-		if (TimestampDifferenceExceeds(handler_start, GetCurrentTimestamp(), (int) task->timeout_ms))
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("task " INT64_FORMAT " returned after its timeout", task->id)));
-
-		if (!record_success(task, &out))
-		{
-			cancelled = true;
-			ereport(ERROR,
-					(errcode(ERRCODE_QUERY_CANCELED),
-					 errmsg("task " INT64_FORMAT " was cancelled while it ran", task->id)));
-		}
-		CHECK_FOR_INTERRUPTS();	/* a cancel signal that raced with us */
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-		ok = true;
-		trace_dispatch(task, h, start, out.status);
-		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
-							strcmp(out.status, "completed") == 0, 0, 0);
-	}
-	PG_CATCH();
-	{
-		disable_timeout(STATEMENT_TIMEOUT, false);
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
-		SetUserIdAndSecContext(save_userid, save_sec);
-		end_task();
-	}
-	PG_END_TRY();
-
-	/* session-level advisory locks a handler took must not outlive it */
-	LockReleaseSession(USER_LOCKMETHOD);
-	my_slot->processed++;		/* only we write it; readers tolerate a stale value */
-	if (ok)
-		return;
-
+/*
+ * The task's handler failed, timed out or was cancelled: record a failed
+ * attempt unless it was cancelled (cancel() ended it), and trace which.
+ */
+static void
+record_error(TaskqTask *task, TaskqHandler *h, TimestampTz start, ErrorData *edata, bool cancelled)
+{
 	if (!cancelled)
 	{
 		bool		timed_out = edata->sqlerrcode == ERRCODE_QUERY_CANCELED &&
@@ -1109,6 +795,56 @@ run_task(TaskqTask *task, TaskqHandler *h)
 	if (cancelled)
 		trace_dispatch(task, h, start, "cancelled");
 	FreeErrorData(edata);
+}
+
+/*
+ * Run one task in a subtransaction, as its owner, under its timeout, and
+ * record the outcome.  Errors of the handler are caught and recorded;
+ * errors recording them abort the whole run transaction (and the worker).
+ */
+static void
+run_task(TaskqTask *task, TaskqHandler *h)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile bool cancelled = false;
+	volatile bool ok = false;
+	TimestampTz start = GetCurrentTimestamp();
+	Oid			save_userid;
+	int			save_sec;
+	ErrorData  *edata = NULL;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	set_state(TASKQ_STATE_RUNNING);
+
+	PG_TRY();
+	{
+		TaskqOutcome out;
+
+		check_startable(task, h, &cancelled);
+		run_handler_as_owner(task, h, save_userid, save_sec, &out);
+		keep_success(task, &out, &cancelled);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		ok = true;
+		trace_dispatch(task, h, start, out.status);
+		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
+							strcmp(out.status, "completed") == 0, 0, 0);
+	}
+	PG_CATCH();
+	{
+		edata = abandon_task(oldcontext, oldowner, save_userid, save_sec);
+	}
+	PG_END_TRY();
+
+	/* session-level advisory locks a handler took must not outlive it */
+	LockReleaseSession(USER_LOCKMETHOD);
+	my_slot->processed++;		/* only we write it; readers tolerate a stale value */
+	if (!ok)
+		record_error(task, h, start, edata, cancelled);
 }
 
 /*

@@ -8,6 +8,7 @@
  *	taskq.c       _PG_init and the GUCs
  *	common.c      helpers every SQL-facing file shares (calls no other file)
  *	shmem.c       shared state: worker slots, wake-ups, crash suspects, counters
+ *	outbox.c      the statements on taskq.tasks and the decoding of their rows
  *	enqueue.c     option resolution, validation, policies, the outbox insert
  *	handlers.c    the handler registry
  *	tasks.c       cancel, retry, ack, nack, wait, pause, resume
@@ -241,6 +242,7 @@ extern int	taskq_check_max_attempts(int max_attempts);
 extern int64 taskq_check_timeout_ms(int64 timeout_ms);
 extern const char *taskq_mode_name(int mode);
 extern char *taskq_extension_version(void);
+extern int64 taskq_backoff_ms(int attempt);
 
 /* Monitoring and SRF plumbing (monitor.c) */
 extern void taskq_materialize(FunctionCallInfo fcinfo, Tuplestorestate **store, TupleDesc *desc);
@@ -311,6 +313,57 @@ typedef struct TaskqOutcome
 
 extern void taskq_execute(TaskqTask *task, TaskqHandler *h, bool sync, TaskqOutcome *out);
 
+/* ----------------------------------------------------------------
+ * The outbox's statements (outbox.c): run inside the caller's transaction
+ * and SPI connection, under taskq's fixed search_path.
+ * ----------------------------------------------------------------
+ */
+
+/* What a claim skips: paused queues, disabled handlers (text[] datums). */
+typedef struct TaskqExclusions
+{
+	int			n;				/* elements of both */
+	Datum		queues;
+	Datum		handlers;
+} TaskqExclusions;
+
+/* Where a claim goes on from: after this task, within its priority. */
+typedef struct TaskqClaimAfter
+{
+	int			priority;
+	TimestampTz run_at;
+	int64		id;
+} TaskqClaimAfter;
+
+/* A task that reaping charged or requeued. */
+typedef struct TaskqReaped
+{
+	int64		id;
+	bool		crash;			/* charged as a crash */
+	bool		charge;			/* charged an attempt (a crash or a timeout) */
+	char	   *status;			/* its status now */
+	char	   *queue;
+	char	   *handler;
+	int			attempts;		/* now */
+} TaskqReaped;
+
+/* Called for each task whose lease ran out. */
+typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool failed);
+
+extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
+extern int	taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
+							   MemoryContext cxt, TaskqTask **tasks);
+extern void taskq_outbox_forget_claim_plans(void);
+extern TimestampTz taskq_outbox_next_due(TimestampTz *lease);
+extern bool taskq_outbox_remove_completed(int64 id);
+extern bool taskq_outbox_complete(int64 id, const TaskqOutcome *out, int ack_timeout_ms);
+extern bool taskq_outbox_fail(int64 id, const char *error, int64 delay_ms, bool timed_out);
+extern int	taskq_outbox_reap(const int64 *suspects, int nsuspects, TaskqReaped **reaped);
+extern void taskq_outbox_delay(int64 id, int64 delay_ms);
+extern void taskq_outbox_expire_leases(TaskqLeaseFn each);
+extern void taskq_outbox_expire_tasks(void);
+extern void taskq_outbox_remove_ended(int retention_s);
+
 /*
  * What a handler kind is (executors.c): everything that differs between
  * kinds is here, so that a new kind is one more row of the table.
@@ -340,6 +393,5 @@ extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
 extern void taskq_register_launcher(void);
 extern PGDLLEXPORT void taskq_launcher_main(Datum arg);
 extern PGDLLEXPORT void taskq_dispatcher_main(Datum arg);
-extern int64 taskq_backoff_ms(int attempt);
 
 #endif							/* TASKQ_H */
