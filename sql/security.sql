@@ -325,6 +325,37 @@ RESET ROLE;
 SELECT status FROM taskq.tasks WHERE id = :id;
 
 ------------------------------------------------------------------------
+-- dedupe_key is per enqueuing role: no role can suppress another's task
+-- (or learn its id) by taking the key first
+------------------------------------------------------------------------
+
+-- bob takes the key first
+SET ROLE bob;
+SELECT taskq.enqueue('sec_fn', '{"by": "bob", "dedupe": 1}', dedupe_key => 'sec-shared') AS bob_keyed \gset
+
+-- alice's enqueue with the same handler and key writes her own task
+SET ROLE alice;
+SELECT taskq.enqueue('sec_fn', '{"by": "alice", "dedupe": 1}', dedupe_key => 'sec-shared') AS alice_keyed \gset
+SELECT :alice_keyed <> :bob_keyed AS not_bobs, owner::text, payload
+FROM taskq.tasks WHERE id = :alice_keyed;
+
+-- her second one deduplicates into her own task, as does bob's into his
+SELECT taskq.enqueue('sec_fn', '{"by": "alice", "dedupe": 2}', dedupe_key => 'sec-shared') = :alice_keyed AS same_as_hers;
+SET ROLE bob;
+SELECT taskq.enqueue('sec_fn', '{"by": "bob", "dedupe": 2}', dedupe_key => 'sec-shared') = :bob_keyed AS same_as_his;
+
+-- one live task per role holds the key
+RESET ROLE;
+SELECT owner::text, status, payload FROM taskq.tasks WHERE dedupe_key = 'sec-shared' ORDER BY id;
+
+-- and alice's live task does not stop bob from retrying his own
+SET ROLE bob;
+SELECT taskq.cancel(:bob_keyed);
+SELECT taskq.retry(:bob_keyed);
+RESET ROLE;
+SELECT owner::text, status, payload FROM taskq.tasks WHERE dedupe_key = 'sec-shared' ORDER BY id;
+
+------------------------------------------------------------------------
 -- Clean up, so that this file can run again
 ------------------------------------------------------------------------
 

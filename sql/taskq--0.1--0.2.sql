@@ -47,6 +47,22 @@ BEGIN
 END
 $adopt$;
 
+------------------------------------------------------------------------
+-- Deduplication is per enqueuing role.
+--
+-- 0.1 kept at most one live task per (handler, dedupe_key), whoever
+-- enqueued it, so a role could take a key first and make another role's
+-- enqueue return its task id and write nothing.  From 0.2 the key is the
+-- enqueuing role's own: at most one live task per (handler, dedupe_key,
+-- owner).  Every 0.1 row satisfies the narrower index.
+------------------------------------------------------------------------
+DROP INDEX taskq.tasks_dedupe_idx;
+CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key, owner)
+    WHERE dedupe_key IS NOT NULL
+      AND status OPERATOR(pg_catalog.=) ANY ('{queued,running,dispatched}'::taskq.status[]);
+COMMENT ON INDEX taskq.tasks_dedupe_idx
+    IS 'at most one live task per handler, dedupe_key and enqueuing role';
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

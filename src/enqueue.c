@@ -403,19 +403,22 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	}
 
 	/*
-	 * With a dedupe key: insert unless a live task holds the key, else
-	 * return that task.  A concurrent enqueue of the same key waits for our
-	 * commit on the unique index, then finds our row.  The holder may end
-	 * between the two statements; then try again.
+	 * With a dedupe key: insert unless a live task of the same role holds
+	 * the key, else return that task.  The key is the role's own (the
+	 * unique index is on handler, dedupe_key and owner), so no role can
+	 * suppress another's tasks or learn their ids.  A concurrent enqueue of
+	 * the same key by the same role waits for our commit on the unique
+	 * index, then finds our row.  The holder may end between the two
+	 * statements; then try again.
 	 */
 	for (tries = 0; tries < 3; tries++)
 	{
-		Oid			ftypes[2] = {TEXTOID, TEXTOID};
-		Datum		fvalues[2] = {values[0], values[11]};
+		Oid			ftypes[3] = {TEXTOID, TEXTOID, OIDOID};
+		Datum		fvalues[3] = {values[0], values[11], values[10]};
 
 		plan = taskq_prepare(&insert_dedupe_plan,
 							 INSERT_SQL
-							 " ON CONFLICT (handler, dedupe_key)"
+							 " ON CONFLICT (handler, dedupe_key, owner)"
 							 " WHERE dedupe_key IS NOT NULL AND status " TASKQ_SQL_LIVE
 							 " DO NOTHING RETURNING id", 12, types);
 		ret = SPI_execute_plan(plan, values, nulls, false, 1);
@@ -430,9 +433,10 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 							 "SELECT id FROM taskq.tasks"
 							 " WHERE handler OPERATOR(pg_catalog.=) $1"
 							 " AND dedupe_key OPERATOR(pg_catalog.=) $2"
+							 " AND owner::pg_catalog.oid OPERATOR(pg_catalog.=) $3"
 							 " AND dedupe_key IS NOT NULL"
 							 " AND status " TASKQ_SQL_LIVE,
-							 2, ftypes);
+							 3, ftypes);
 		ret = SPI_execute_plan(plan, fvalues, NULL, false, 1);
 		if (ret == SPI_OK_SELECT && SPI_processed == 1)
 		{

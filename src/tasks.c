@@ -190,23 +190,27 @@ taskq_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
- * retry() of a task with a dedupe key: refuse while another live task
- * holds the key, naming it.
+ * retry() of a task with a dedupe key: refuse while another live task of
+ * the same role holds the key, naming it.  (Keys are per enqueuing role,
+ * as in tasks_dedupe_idx, so the task named is always one the task's
+ * owner can see.)
  */
 static void
 refuse_if_key_live(const LockedTask *t)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	Oid			types[3] = {TEXTOID, TEXTOID, OIDOID};
+	Datum		values[3];
 	bool		isnull;
 
 	values[0] = CStringGetTextDatum(t->handler);
 	values[1] = CStringGetTextDatum(t->dedupe_key);
+	values[2] = ObjectIdGetDatum(t->owner);
 	if (SPI_execute_plan(taskq_prepare(&live_dupe_plan,
 									   "SELECT id FROM taskq.tasks WHERE handler OPERATOR(pg_catalog.=) $1"
 									   " AND dedupe_key OPERATOR(pg_catalog.=) $2"
+									   " AND owner::pg_catalog.oid OPERATOR(pg_catalog.=) $3"
 									   " AND status " TASKQ_SQL_LIVE,
-									   2, types),
+									   3, types),
 						 values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.tasks");
 	if (SPI_processed > 0)
