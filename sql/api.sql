@@ -216,10 +216,12 @@ SELECT taskq.enqueue('api_notify', '{"ack_many": "twice"}', mode => 'sync') AS m
 SELECT taskq.ack_many(ARRAY[:m3, :m3]) = ARRAY[:m3]::bigint[] AS acked_once;
 SELECT status, result FROM taskq.tasks WHERE id = :m3;
 
--- bad input: a NULL array, a NULL element (nothing is acknowledged)
+-- bad input: a NULL array, a NULL element, a two-dimensional array
+-- (nothing is acknowledged)
 SELECT taskq.enqueue('api_notify', '{"ack_many": "bad input"}', mode => 'sync') AS m4 \gset
 SELECT taskq.ack_many(NULL);
 SELECT taskq.ack_many(ARRAY[:m4, NULL]);
+SELECT taskq.ack_many(ARRAY[[:m4], [:m4]]);
 SELECT status FROM taskq.tasks WHERE id = :m4;
 SELECT taskq.ack_many(ARRAY[:m4]) = ARRAY[:m4]::bigint[] AS acked;
 

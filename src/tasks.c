@@ -400,6 +400,11 @@ taskq_ack_many(PG_FUNCTION_ARGS)
 				 errmsg("task ids must not be NULL"),
 				 errhint("Pass an array of the ids of the notify messages received.")));
 	ids = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(ids) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("task ids must be a one-dimensional array"),
+				 errhint("Pass ARRAY[id, ...], the ids of the notify messages received.")));
 	deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 					  TYPALIGN_DOUBLE, &elems, &elem_nulls, &nelems);
 	for (i = 0; i < nelems; i++)
