@@ -392,6 +392,51 @@ RESET ROLE;
 SELECT owner::text, status, payload FROM taskq.tasks WHERE dedupe_key = 'sec-shared' ORDER BY id;
 
 ------------------------------------------------------------------------
+-- Unregistering a handler ends its live tasks, so that whoever registers
+-- the name next (here bob, on his own channel) never receives them
+------------------------------------------------------------------------
+
+-- carol's notify handler, and alice's tasks for it: two queued, one
+-- dispatched, one completed
+SET ROLE carol;
+SELECT taskq.register_handler('sec_takeover', 'sec_carol_channel', kind => 'notify');
+SET ROLE alice;
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 1}') AS tk_1 \gset
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 2}', run_after => '1 hour') AS tk_2 \gset
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 3}', mode => 'sync') AS tk_3 \gset
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 4}', mode => 'sync') AS tk_4 \gset
+SELECT taskq.ack(:tk_4);
+
+-- an unregistration that rolls back changes nothing
+SET ROLE carol;
+BEGIN;
+SELECT taskq.unregister_handler('sec_takeover');
+ROLLBACK;
+SET ROLE alice;
+SELECT id - :tk_1 AS nth, status, last_error FROM taskq.tasks WHERE handler = 'sec_takeover' ORDER BY id;
+
+-- carol unregisters it: its live tasks end cancelled, saying why; the
+-- completed one stays completed
+SET ROLE carol;
+SELECT taskq.unregister_handler('sec_takeover');
+SET ROLE alice;
+SELECT id - :tk_1 AS nth, status, last_error, lease_until, finished_at IS NOT NULL AS finished
+FROM taskq.tasks WHERE handler = 'sec_takeover' ORDER BY id;
+
+-- while no handler has the name, alice cannot retry them
+SELECT taskq.retry(:tk_1);
+
+-- bob registers the name on his own channel: nothing of alice's is
+-- queued for him, and he cannot complete her dispatched task
+SET ROLE bob;
+SELECT taskq.register_handler('sec_takeover', 'sec_bob_channel', kind => 'notify');
+SELECT taskq.ack(:tk_3, '{"by": "bob"}');
+SELECT taskq.ack_many(ARRAY[:tk_1, :tk_2, :tk_3]);
+RESET ROLE;
+SELECT id - :tk_1 AS nth, owner::text, status, result FROM taskq.tasks WHERE handler = 'sec_takeover' ORDER BY id;
+SELECT taskq.unregister_handler('sec_takeover');
+
+------------------------------------------------------------------------
 -- Clean up, so that this file can run again
 ------------------------------------------------------------------------
 

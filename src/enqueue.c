@@ -98,7 +98,7 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 	char	   *queue;
 
 	o->owner = taskq_caller();
-	if (!taskq_lookup_handler(handler_name, h))
+	if (!taskq_lookup_handler_locked(handler_name, h))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("handler \"%s\" is not registered", handler_name),

@@ -230,6 +230,7 @@ typedef struct TaskqHandler
 } TaskqHandler;
 
 extern bool taskq_lookup_handler(const char *name, TaskqHandler *h);
+extern bool taskq_lookup_handler_locked(const char *name, TaskqHandler *h);
 extern const char *taskq_kind_name(TaskqKind kind);
 extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
 

@@ -269,6 +269,25 @@ requeue_for_retry(const LockedTask *t)
 }
 
 /*
+ * retry() makes an ended task live again: only while its handler is
+ * registered, holding the handler's lock as enqueue() does, so that an
+ * unregister_handler() in flight cannot miss it (it ends the handler's
+ * live tasks) and no later registration of the name inherits it.
+ */
+static void
+refuse_if_handler_gone(const LockedTask *t)
+{
+	TaskqHandler h;
+
+	if (!taskq_lookup_handler_locked(t->handler, &h))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("cannot retry task " INT64_FORMAT ": handler \"%s\" is not registered",
+						t->id, t->handler),
+				 errhint("Register the handler again, then retry the task.")));
+}
+
+/*
  * taskq.retry(id): an ended, unsuccessful task is queued again now, with
  * a fresh attempt budget.  Its last error is kept until the next attempt.
  */
@@ -286,6 +305,7 @@ taskq_retry(PG_FUNCTION_ARGS)
 	lock_task(id, caller, false, &t);
 	if (status_is(&t, "failed", "cancelled", "timeout") || status_is(&t, "expired", NULL, NULL))
 	{
+		refuse_if_handler_gone(&t);
 		if (t.dedupe_key != NULL)
 			refuse_if_key_live(&t);
 		requeue_for_retry(&t);

@@ -320,6 +320,21 @@ ok( $node->poll_query_until(
 	'released savepoint: the handler was interrupted while the lock is still held');
 is(sql("SELECT status, attempts FROM taskq.tasks WHERE id = $released"),
 	'cancelled|0', 'released savepoint: the task ends cancelled');
+
+# unregister_handler() ends its handler's running tasks too: cancelled,
+# and the handler interrupted at commit
+sql(q{SELECT taskq.register_handler('gate_2', 'public.gate(jsonb)')});
+my $orphan = sql(q{SELECT taskq.enqueue('gate_2', '{}')});
+ok($waits_for_gate->($orphan), 'unregister: a task of the handler waits for the lock');
+is(sql(q{SELECT taskq.unregister_handler('gate_2')}), 't', 'unregister the handler');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity
+          WHERE backend_type = 'taskq dispatcher' AND wait_event = 'advisory'}),
+	'unregister: the running handler was interrupted while the lock is still held');
+is( sql("SELECT status, last_error FROM taskq.tasks WHERE id = $orphan"),
+	'cancelled|handler "gate_2" was unregistered',
+	'unregister: the running task ends cancelled, saying why');
 $bg->query_safe('SELECT pg_advisory_unlock(42)');
 $bg->quit;
 
