@@ -410,6 +410,13 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	 * the same key by the same role waits for our commit on the unique
 	 * index, then finds our row.  The holder may end between the two
 	 * statements; then try again.
+	 *
+	 * The ON CONFLICT names no index: the only unique index an insert can
+	 * conflict with is tasks_dedupe_idx (ids come from the sequence), and
+	 * a database still at 0.1 between the new library's installation and
+	 * ALTER EXTENSION UPDATE has that index on (handler, dedupe_key) only.
+	 * There a conflict with another role's task finds no task of ours and
+	 * ends in the error below, until the update.
 	 */
 	for (tries = 0; tries < 3; tries++)
 	{
@@ -418,9 +425,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 
 		plan = taskq_prepare(&insert_dedupe_plan,
 							 INSERT_SQL
-							 " ON CONFLICT (handler, dedupe_key, owner)"
-							 " WHERE dedupe_key IS NOT NULL AND status " TASKQ_SQL_LIVE
-							 " DO NOTHING RETURNING id", 12, types);
+							 " ON CONFLICT DO NOTHING RETURNING id", 12, types);
 		ret = SPI_execute_plan(plan, values, nulls, false, 1);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "taskq: insert into taskq.tasks failed: %s", SPI_result_code_string(ret));
