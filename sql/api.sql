@@ -216,10 +216,12 @@ SELECT taskq.enqueue('api_notify', '{"ack_many": "twice"}', mode => 'sync') AS m
 SELECT taskq.ack_many(ARRAY[:m3, :m3]) = ARRAY[:m3]::bigint[] AS acked_once;
 SELECT status, result FROM taskq.tasks WHERE id = :m3;
 
--- bad input: a NULL array, a NULL element (nothing is acknowledged)
+-- bad input: a NULL array, a NULL element, a two-dimensional array
+-- (nothing is acknowledged)
 SELECT taskq.enqueue('api_notify', '{"ack_many": "bad input"}', mode => 'sync') AS m4 \gset
 SELECT taskq.ack_many(NULL);
 SELECT taskq.ack_many(ARRAY[:m4, NULL]);
+SELECT taskq.ack_many(ARRAY[[:m4], [:m4]]);
 SELECT status FROM taskq.tasks WHERE id = :m4;
 SELECT taskq.ack_many(ARRAY[:m4]) = ARRAY[:m4]::bigint[] AS acked;
 
@@ -356,6 +358,51 @@ FROM taskq.stats WHERE handler = 'api_stats';
 SELECT queue, handler, queued, dispatched, completed, failed, cancelled,
        completed_since_start, failed_since_start, retried_since_start
 FROM taskq.stats WHERE handler = 'api_notify';
+
+-- the counters follow subtransactions: outcomes rolled back to a savepoint
+-- (or by a PL/pgSQL exception handler) are not counted, even when the
+-- top-level transaction commits; those of a released savepoint are
+SELECT taskq.register_handler('api_subxact', 'api_channel', kind => 'notify');
+SELECT taskq.enqueue('api_subxact', '{"subxact": 1}', mode => 'sync') AS s1 \gset
+SELECT taskq.enqueue('api_subxact', '{"subxact": 2}', mode => 'sync') AS s2 \gset
+SELECT taskq.enqueue('api_subxact', '{"subxact": 3}', mode => 'sync') AS s3 \gset
+BEGIN;
+SAVEPOINT a;
+SELECT taskq.ack(:s1);
+ROLLBACK TO a;
+SAVEPOINT b;
+SELECT taskq.nack(:s2, 'rolled back', retry_in => '1 hour');
+SAVEPOINT c;
+SELECT taskq.ack(:s3);
+RELEASE c;
+ROLLBACK TO b;
+COMMIT;
+CREATE FUNCTION pg_temp.ack_then_fail(task bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM taskq.ack(task);
+    RAISE EXCEPTION 'undo the ack';
+EXCEPTION WHEN raise_exception THEN
+    RETURN false;
+END
+$$;
+SELECT pg_temp.ack_then_fail(:s3);
+SELECT id - :s1 AS nth, status FROM taskq.tasks WHERE handler = 'api_subxact' ORDER BY id;
+SELECT completed_since_start, failed_since_start, retried_since_start
+FROM taskq.stats WHERE handler = 'api_subxact';
+BEGIN;
+SAVEPOINT a;
+SELECT taskq.ack(:s1);
+RELEASE a;
+SAVEPOINT b;
+SAVEPOINT c;
+SELECT taskq.nack(:s2, 'counted', retry_in => '1 hour');
+RELEASE c;
+RELEASE b;
+COMMIT;
+SELECT id - :s1 AS nth, status FROM taskq.tasks WHERE handler = 'api_subxact' ORDER BY id;
+SELECT completed_since_start, failed_since_start, retried_since_start
+FROM taskq.stats WHERE handler = 'api_subxact';
 
 -- a queue with no task has no row
 SELECT count(*) FROM taskq.stats WHERE queue = 'api_never_used';

@@ -119,11 +119,11 @@ SELECT count(*) FROM taskq.handlers WHERE name = 'hd_upper';
 SELECT taskq.unregister_handler('hd_upper');
 SELECT taskq.unregister_handler('hd_never_registered');
 
--- tasks already enqueued for a handler stay when it is unregistered; new
--- ones are refused
+-- a task enqueued for a handler, and still live, ends cancelled when the
+-- handler is unregistered (it stays, saying why); new ones are refused
 SELECT taskq.enqueue('hd_unqualified', '{"n": 1}') > 0 AS enqueued;
 SELECT taskq.unregister_handler('hd_unqualified');
-SELECT handler, status, payload FROM taskq.tasks WHERE handler = 'hd_unqualified';
+SELECT handler, status, payload, last_error FROM taskq.tasks WHERE handler = 'hd_unqualified';
 SELECT taskq.enqueue('hd_unqualified', '{"n": 2}');
 SELECT count(*) FROM taskq.tasks WHERE handler = 'hd_unqualified';
 

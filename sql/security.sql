@@ -37,6 +37,27 @@ CREATE TABLE app.sec_secrets (payload jsonb);
 CREATE FUNCTION app.sec_write_secret(payload jsonb) RETURNS jsonb
 LANGUAGE sql AS $$ INSERT INTO app.sec_secrets VALUES (payload) RETURNING payload $$;
 
+-- app.sec_answer(call): what an API call answers, as one line: its result,
+-- or its error's SQLSTATE, message (task ids masked as N), detail and hint
+CREATE FUNCTION app.sec_answer(call text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    result text;
+    state text;
+    msg text;
+    detail text;
+    hint text;
+BEGIN
+    EXECUTE 'SELECT (' || call || ')::text' INTO result;
+    RETURN 'returns ' || coalesce(result, 'NULL');
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+                            detail = PG_EXCEPTION_DETAIL, hint = PG_EXCEPTION_HINT;
+    RETURN concat_ws(' | ', state, regexp_replace(msg, '[0-9]+', 'N', 'g'),
+                     'DETAIL: ' || nullif(detail, ''), 'HINT: ' || nullif(hint, ''));
+END
+$$;
+
 -- the handlers, registered by the superuser sec_admin
 SET ROLE sec_admin;
 SELECT taskq.register_handler('sec_fn', 'app.record');
@@ -188,8 +209,17 @@ SELECT count(*) FROM taskq.tasks WHERE handler LIKE 'sec\_%';
 -- nor can he wait on it: for him, it does not exist
 SELECT status FROM taskq.wait(:alice_task, '0');
 
--- he cannot cancel it
+-- nor cancel it: it does not exist for him either
 SELECT taskq.cancel(:alice_task);
+
+-- every call answers for alice's task exactly as for an id that does not
+-- exist (same SQLSTATE, message, detail and hint), so bob cannot tell
+-- that it exists
+SELECT c.call, app.sec_answer(format(c.call, :alice_task)) = app.sec_answer(format(c.call, 999999999)) AS same,
+       app.sec_answer(format(c.call, :alice_task)) AS answer
+FROM (VALUES ('taskq.cancel(%s)'), ('taskq.retry(%s)'), ('taskq.ack(%s)'),
+             ('taskq.nack(%s, ''no'')'), ('taskq.wait(%s, ''0'')'),
+             ('taskq.ack_many(ARRAY[%s]::bigint[])')) AS c(call);
 
 -- his own task he sees, and alice does not
 SELECT taskq.enqueue('sec_fn', '{"by": "bob"}') AS bob_task \gset
@@ -211,7 +241,7 @@ SET ROLE alice;
 SELECT taskq.cancel(:alice_task);
 SELECT status FROM taskq.tasks WHERE id = :alice_task;
 
--- bob cannot retry it
+-- bob cannot retry it: it does not exist for him
 SET ROLE bob;
 SELECT taskq.retry(:alice_task);
 
@@ -289,11 +319,17 @@ SELECT taskq.enqueue('sec_notify', '{"by": "alice", "n": 1}', mode => 'sync') AS
 SELECT taskq.enqueue('sec_notify', '{"by": "alice", "n": 2}', mode => 'sync') AS notify_2 \gset
 SELECT id - :notify_1 AS nth, owner::text, status FROM taskq.tasks WHERE handler = 'sec_notify' ORDER BY id;
 
--- bob may neither acknowledge nor reject them
+-- bob may neither acknowledge nor reject them: for him they do not exist,
+-- and ack_many() leaves them as it leaves unknown ids
 SET ROLE bob;
 SELECT taskq.ack(:notify_1);
 SELECT taskq.nack(:notify_1, 'not mine');
 SELECT taskq.ack_many(ARRAY[:notify_1, :notify_2]);
+SELECT c.call, app.sec_answer(format(c.call, :notify_1)) = app.sec_answer(format(c.call, 999999999)) AS same
+FROM (VALUES ('taskq.ack(%s)'), ('taskq.nack(%s, ''no'')'), ('taskq.cancel(%s)'),
+             ('taskq.ack_many(ARRAY[%s]::bigint[])')) AS c(call);
+RESET ROLE;
+SELECT id - :notify_1 AS nth, status FROM taskq.tasks WHERE handler = 'sec_notify' ORDER BY id;
 
 -- carol, who registered the handler, may (without seeing the rows)
 SET ROLE carol;
@@ -361,6 +397,82 @@ RESET ROLE;
 SELECT status FROM taskq.tasks WHERE id = :id;
 
 ------------------------------------------------------------------------
+-- dedupe_key is per enqueuing role: no role can suppress another's task
+-- (or learn its id) by taking the key first
+------------------------------------------------------------------------
+
+-- bob takes the key first
+SET ROLE bob;
+SELECT taskq.enqueue('sec_fn', '{"by": "bob", "dedupe": 1}', dedupe_key => 'sec-shared') AS bob_keyed \gset
+
+-- alice's enqueue with the same handler and key writes her own task
+SET ROLE alice;
+SELECT taskq.enqueue('sec_fn', '{"by": "alice", "dedupe": 1}', dedupe_key => 'sec-shared') AS alice_keyed \gset
+SELECT :alice_keyed <> :bob_keyed AS not_bobs, owner::text, payload
+FROM taskq.tasks WHERE id = :alice_keyed;
+
+-- her second one deduplicates into her own task, as does bob's into his
+SELECT taskq.enqueue('sec_fn', '{"by": "alice", "dedupe": 2}', dedupe_key => 'sec-shared') = :alice_keyed AS same_as_hers;
+SET ROLE bob;
+SELECT taskq.enqueue('sec_fn', '{"by": "bob", "dedupe": 2}', dedupe_key => 'sec-shared') = :bob_keyed AS same_as_his;
+
+-- one live task per role holds the key
+RESET ROLE;
+SELECT owner::text, status, payload FROM taskq.tasks WHERE dedupe_key = 'sec-shared' ORDER BY id;
+
+-- and alice's live task does not stop bob from retrying his own
+SET ROLE bob;
+SELECT taskq.cancel(:bob_keyed);
+SELECT taskq.retry(:bob_keyed);
+RESET ROLE;
+SELECT owner::text, status, payload FROM taskq.tasks WHERE dedupe_key = 'sec-shared' ORDER BY id;
+
+------------------------------------------------------------------------
+-- Unregistering a handler ends its live tasks, so that whoever registers
+-- the name next (here bob, on his own channel) never receives them
+------------------------------------------------------------------------
+
+-- carol's notify handler, and alice's tasks for it: two queued, one
+-- dispatched, one completed
+SET ROLE carol;
+SELECT taskq.register_handler('sec_takeover', 'sec_carol_channel', kind => 'notify');
+SET ROLE alice;
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 1}') AS tk_1 \gset
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 2}', run_after => '1 hour') AS tk_2 \gset
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 3}', mode => 'sync') AS tk_3 \gset
+SELECT taskq.enqueue('sec_takeover', '{"by": "alice", "n": 4}', mode => 'sync') AS tk_4 \gset
+SELECT taskq.ack(:tk_4);
+
+-- an unregistration that rolls back changes nothing
+SET ROLE carol;
+BEGIN;
+SELECT taskq.unregister_handler('sec_takeover');
+ROLLBACK;
+SET ROLE alice;
+SELECT id - :tk_1 AS nth, status, last_error FROM taskq.tasks WHERE handler = 'sec_takeover' ORDER BY id;
+
+-- carol unregisters it: its live tasks end cancelled, saying why; the
+-- completed one stays completed
+SET ROLE carol;
+SELECT taskq.unregister_handler('sec_takeover');
+SET ROLE alice;
+SELECT id - :tk_1 AS nth, status, last_error, lease_until, finished_at IS NOT NULL AS finished
+FROM taskq.tasks WHERE handler = 'sec_takeover' ORDER BY id;
+
+-- while no handler has the name, alice cannot retry them
+SELECT taskq.retry(:tk_1);
+
+-- bob registers the name on his own channel: nothing of alice's is
+-- queued for him, and he cannot complete her dispatched task
+SET ROLE bob;
+SELECT taskq.register_handler('sec_takeover', 'sec_bob_channel', kind => 'notify');
+SELECT taskq.ack(:tk_3, '{"by": "bob"}');
+SELECT taskq.ack_many(ARRAY[:tk_1, :tk_2, :tk_3]);
+RESET ROLE;
+SELECT id - :tk_1 AS nth, owner::text, status, result FROM taskq.tasks WHERE handler = 'sec_takeover' ORDER BY id;
+SELECT taskq.unregister_handler('sec_takeover');
+
+------------------------------------------------------------------------
 -- Clean up, so that this file can run again
 ------------------------------------------------------------------------
 
@@ -370,6 +482,7 @@ DELETE FROM app.ledger WHERE tag LIKE 'sec\_%';
 SELECT taskq.unregister_handler(name) FROM taskq.handlers WHERE name LIKE 'sec\_%' ORDER BY name;
 DROP TABLE app.sec_secrets;
 DROP FUNCTION app.sec_write_secret(jsonb);
+DROP FUNCTION app.sec_answer(text);
 DROP OWNED BY alice, bob, carol, sec_admin;
 DROP ROLE alice, bob, carol, sec_admin;
 SELECT count(*) FROM pg_roles WHERE rolname IN ('alice', 'bob', 'carol', 'sec_admin');

@@ -79,6 +79,37 @@ COMMENT ON FUNCTION taskq._orphan_cause(bigint)
     IS 'internal: why the task''s handler ended with its dispatcher: crash, timeout, or NULL';
 REVOKE ALL ON FUNCTION taskq._orphan_cause(bigint) FROM PUBLIC;
 
+------------------------------------------------------------------------
+-- Deduplication is per enqueuing role.
+--
+-- 0.1 kept at most one live task per (handler, dedupe_key), whoever
+-- enqueued it, so a role could take a key first and make another role's
+-- enqueue return its task id and write nothing.  From 0.2 the key is the
+-- enqueuing role's own: at most one live task per (handler, dedupe_key,
+-- owner).  Every 0.1 row satisfies the narrower index.
+------------------------------------------------------------------------
+DROP INDEX taskq.tasks_dedupe_idx;
+CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key, owner)
+    WHERE dedupe_key IS NOT NULL
+      AND status OPERATOR(pg_catalog.=) ANY ('{queued,running,dispatched}'::taskq.status[]);
+COMMENT ON INDEX taskq.tasks_dedupe_idx
+    IS 'at most one live task per handler, dedupe_key and enqueuing role';
+
+------------------------------------------------------------------------
+-- Unregistering a handler ends its live tasks.
+--
+-- 0.1 left the tasks of an unregistered handler queued (they failed when
+-- dispatched), so a role that registered the name again received them.
+-- From 0.2 unregister_handler() cancels them; cancel those that 0.1 left.
+------------------------------------------------------------------------
+UPDATE taskq.tasks t
+   SET status = 'cancelled', finished_at = pg_catalog.now(), lease_until = NULL,
+       last_error = 'handler "' OPERATOR(pg_catalog.||) t.handler
+                    OPERATOR(pg_catalog.||) '" was unregistered'
+ WHERE t.status OPERATOR(pg_catalog.=) ANY ('{queued,running,dispatched}'::taskq.status[])
+   AND NOT EXISTS (SELECT FROM taskq.handlers h
+                    WHERE h.name OPERATOR(pg_catalog.=) t.handler);
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

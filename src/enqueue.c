@@ -251,7 +251,7 @@ static void
 resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOptions *o)
 {
 	o->owner = taskq_caller();
-	if (!taskq_lookup_handler(handler_name, &o->handler))
+	if (!taskq_lookup_handler_locked(handler_name, &o->handler))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("handler \"%s\" is not registered", handler_name),
@@ -441,21 +441,26 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	}
 
 	/*
-	 * With a dedupe key: insert unless a live task holds the key, else
-	 * return that task.  A concurrent enqueue of the same key waits for our
-	 * commit on the unique index, then finds our row.  The holder may end
-	 * between the two statements; then try again.
+	 * With a dedupe key: insert unless a live task of the same role holds
+	 * the key, else return that task.  The key is the role's own (the
+	 * unique index is on handler, dedupe_key and owner), so no role can
+	 * suppress another's tasks or learn their ids.  A concurrent enqueue of
+	 * the same key by the same role waits for our commit on the unique
+	 * index, then finds our row.  The holder may end between the two
+	 * statements; then try again.
+	 *
+	 * The ON CONFLICT names no index: the only unique index an insert can
+	 * conflict with is tasks_dedupe_idx (ids come from the sequence), so
+	 * the statement does not repeat that index's definition.
 	 */
 	for (tries = 0; tries < 3; tries++)
 	{
-		Oid			ftypes[2] = {TEXTOID, TEXTOID};
-		Datum		fvalues[2] = {values[0], values[11]};
+		Oid			ftypes[3] = {TEXTOID, TEXTOID, OIDOID};
+		Datum		fvalues[3] = {values[0], values[11], values[10]};
 
 		plan = taskq_prepare(&insert_dedupe_plan,
 							 INSERT_SQL
-							 " ON CONFLICT (handler, dedupe_key)"
-							 " WHERE dedupe_key IS NOT NULL AND status " TASKQ_SQL_LIVE
-							 " DO NOTHING RETURNING id", 12, types);
+							 " ON CONFLICT DO NOTHING RETURNING id", 12, types);
 		ret = SPI_execute_plan(plan, values, nulls, false, 1);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "taskq: insert into taskq.tasks failed: %s", SPI_result_code_string(ret));
@@ -468,9 +473,10 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 							 "SELECT id FROM taskq.tasks"
 							 " WHERE handler OPERATOR(pg_catalog.=) $1"
 							 " AND dedupe_key OPERATOR(pg_catalog.=) $2"
+							 " AND owner::pg_catalog.oid OPERATOR(pg_catalog.=) $3"
 							 " AND dedupe_key IS NOT NULL"
 							 " AND status " TASKQ_SQL_LIVE,
-							 2, ftypes);
+							 3, ftypes);
 		ret = SPI_execute_plan(plan, fvalues, NULL, false, 1);
 		if (ret == SPI_OK_SELECT && SPI_processed == 1)
 		{

@@ -8,6 +8,15 @@
  * A handler belongs to the role that registered it; only
  * that role (or one with its privileges) may change or remove it.
  *
+ * Removing a handler ends its live tasks ('cancelled', running handlers
+ * interrupted at commit), so that whoever registers the name next never
+ * receives them.  A lock per handler name orders that against every
+ * statement that makes a task of the handler live (enqueue, retry): they
+ * hold it shared until they commit, unregister_handler() exclusively.
+ * It is a heavyweight lock rather than FOR KEY SHARE on the handler's row,
+ * which would write (and WAL-log) that row on every enqueue and turn
+ * concurrent enqueues of one handler into MultiXacts.
+ *
  *-------------------------------------------------------------------------
  */
 #include "taskq.h"
@@ -16,21 +25,52 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/lsyscache.h"
 #include "utils/builtins.h"
 #include "utils/regproc.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 PG_FUNCTION_INFO_V1(taskq_register_handler);
 PG_FUNCTION_INFO_V1(taskq_unregister_handler);
 
+/*
+ * taskq's handler-name locks are advisory locks (pg_locks shows them so)
+ * with this objsubid, which user advisory locks (1 and 2) never have.
+ */
+#define TASKQ_LOCKTAG_HANDLER	0x7451	/* "tQ" */
+
 static SPIPlanPtr lookup_plan = NULL;
 static SPIPlanPtr owner_plan = NULL;
 static SPIPlanPtr upsert_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
+static SPIPlanPtr live_plan = NULL;
+static SPIPlanPtr end_live_plan = NULL;
+
+/*
+ * Lock a handler's name until the end of the (sub)transaction, in mode
+ * AccessShareLock (a task of it becomes live) or AccessExclusiveLock (it
+ * is being removed).  Names are hashed: a collision only makes an
+ * unregistration wait for some other handler's enqueues.
+ */
+static void
+lock_handler_name(const char *name, LOCKMODE mode)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId,
+						 hash_bytes((const unsigned char *) name, strlen(name)), 0,
+						 TASKQ_LOCKTAG_HANDLER);
+	(void) LockAcquire(&tag, mode, false, false);
+}
+
+static bool lookup_handler(const char *name, TaskqHandler *h, Snapshot snapshot);
 
 /*
  * Look up a handler; the caller has SPI connected and may read
@@ -39,6 +79,28 @@ static SPIPlanPtr delete_plan = NULL;
  */
 bool
 taskq_lookup_handler(const char *name, TaskqHandler *h)
+{
+	return lookup_handler(name, h, InvalidSnapshot);
+}
+
+/*
+ * Look up a handler for a task that is about to become live (enqueue,
+ * retry).  Holds the handler's name lock until our transaction ends, so
+ * that unregister_handler() waits for our task to commit before it ends
+ * the handler's live tasks, and reads the registration as of now, not as
+ * of a REPEATABLE READ snapshot, so that a handler unregistered meanwhile
+ * is not found.
+ */
+bool
+taskq_lookup_handler_locked(const char *name, TaskqHandler *h)
+{
+	lock_handler_name(name, AccessShareLock);
+	return lookup_handler(name, h, GetLatestSnapshot());
+}
+
+/* The two above: with the statement's snapshot, or with this one. */
+static bool
+lookup_handler(const char *name, TaskqHandler *h, Snapshot snapshot)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
@@ -56,7 +118,8 @@ taskq_lookup_handler(const char *name, TaskqHandler *h)
 						 " FROM taskq.handlers WHERE name OPERATOR(pg_catalog.=) $1",
 						 1, types);
 	values[0] = CStringGetTextDatum(name);
-	if (SPI_execute_plan(plan, values, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_snapshot(plan, values, NULL, snapshot, InvalidSnapshot,
+							 true, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.handlers");
 	taskq_restore_search_path(gucnest);
 	if (SPI_processed == 0)
@@ -247,8 +310,65 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 }
 
 /*
- * taskq.unregister_handler(name): true if it existed.  Tasks already
- * enqueued for it fail when dispatched, with an error naming it.
+ * End the live tasks of a handler being removed: 'cancelled', with
+ * last_error naming the removal, and the running ones interrupted at
+ * commit.  The caller holds the handler's name lock exclusively, so no
+ * task of it becomes live meanwhile; the rows are read and locked as of
+ * now (not of a REPEATABLE READ snapshot), so that a task committed while
+ * we waited for that lock is ended too.  Returns how many ended.
+ */
+static uint64
+end_live_tasks(const char *name)
+{
+	Oid			types[2] = {TEXTOID, INT8ARRAYOID};
+	Datum		values[2];
+	Datum	   *ids;
+	uint64		n;
+	uint64		i;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(name);
+	if (SPI_execute_snapshot(taskq_prepare(&live_plan,
+										   "SELECT id, status OPERATOR(pg_catalog.=) 'running'"
+										   " FROM taskq.tasks"
+										   " WHERE handler OPERATOR(pg_catalog.=) $1"
+										   " AND status " TASKQ_SQL_LIVE
+										   " ORDER BY id FOR UPDATE",
+										   1, types),
+							 values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 false, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: could not read taskq.tasks");
+	n = SPI_processed;
+	if (n == 0)
+		return 0;
+	ids = palloc(sizeof(Datum) * n);
+	for (i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+
+		ids[i] = SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull);
+		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)))
+			taskq_request_interrupt_at_commit(DatumGetInt64(ids[i]));
+	}
+	values[1] = PointerGetDatum(construct_array(ids, (int) n, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_snapshot(taskq_prepare(&end_live_plan,
+										   "UPDATE taskq.tasks SET status = 'cancelled',"
+										   " finished_at = pg_catalog.now(), lease_until = NULL,"
+										   " last_error = 'handler \"' OPERATOR(pg_catalog.||) $1"
+										   "   OPERATOR(pg_catalog.||) '\" was unregistered'"
+										   " WHERE id OPERATOR(pg_catalog.=) ANY ($2)",
+										   2, types),
+							 values, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							 false, true, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "taskq: could not cancel the tasks of handler \"%s\"", name);
+	return n;
+}
+
+/*
+ * taskq.unregister_handler(name): true if it existed.  Its live tasks end
+ * 'cancelled' in the same transaction (end_live_tasks), so that a handler
+ * registered under the name later, by any role, never receives them.
  */
 Datum
 taskq_unregister_handler(PG_FUNCTION_ARGS)
@@ -259,6 +379,7 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 	TaskqAsOwner save;
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
+	uint64		ended = 0;
 
 	require_not_null(fcinfo, 0, "name", "Pass the name of a registered handler.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -268,13 +389,22 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 	owner = check_handler_owner(name);
 	require_handler_privilege(name, caller, owner, "unregister");
 	values[0] = CStringGetTextDatum(name);
-	if (OidIsValid(owner) &&
-		SPI_execute_plan(taskq_prepare(&delete_plan,
-									   "DELETE FROM taskq.handlers WHERE name OPERATOR(pg_catalog.=) $1",
-									   1, types),
-						 values, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "taskq: could not write taskq.handlers");
+	if (OidIsValid(owner))
+	{
+		/* only now: a role that may not unregister must not hold up enqueues */
+		lock_handler_name(name, AccessExclusiveLock);
+		if (SPI_execute_plan(taskq_prepare(&delete_plan,
+										   "DELETE FROM taskq.handlers WHERE name OPERATOR(pg_catalog.=) $1",
+										   1, types),
+							 values, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "taskq: could not write taskq.handlers");
+		ended = end_live_tasks(name);
+	}
 	taskq_restore_user(&save);
 	SPI_finish();
+	if (ended > 0)
+		ereport(NOTICE,
+				(errmsg("unregistering handler \"%s\" cancelled " UINT64_FORMAT " live task%s",
+						name, ended, ended == 1 ? "" : "s")));
 	PG_RETURN_BOOL(OidIsValid(owner));
 }

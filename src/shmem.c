@@ -7,7 +7,11 @@
  * Wake-ups.  A commit that enqueued sets the latches of its database's
  * dispatchers from a transaction callback, so pickup never waits for
  * taskq.poll_interval and an application transaction never NOTIFYs (which
- * would serialise commits).  A rollback wakes nobody.
+ * would serialise commits).  A rollback wakes nobody.  The same holds for
+ * everything a backend does at commit (wake-ups, interrupts of cancelled
+ * handlers, outcome counts): each request is tagged with the subtransaction
+ * that made it, so ROLLBACK TO SAVEPOINT drops it and RELEASE hands it to
+ * the parent; only what the top-level commit keeps is done.
  *
  * Crash suspects.  A dispatcher writes the id of the task whose handler it
  * is about to run into its own small file, pg_stat_tmp/taskq_slot_<n>
@@ -64,9 +68,7 @@
 #define TASKQ_MAX_SUSPECTS	64
 #define TASKQ_MAX_EXT_WAKEUPS 16
 #define TASKQ_MAX_COUNTERS	1024
-#define TASKQ_MAX_INTERRUPTS 64
 #define TASKQ_CANCEL_RING	64
-#define TASKQ_MAX_PENDING	64
 #define TASKQ_MAX_STARVED	64
 
 /* A dispatcher's crash marker file: the task whose handler runs, or 0. */
@@ -142,14 +144,37 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 #endif
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* This backend's commit-time work. */
+/*
+ * This backend's commit-time work: one request per kind, (queue, handler)
+ * or task and transaction nesting level, in an array that only grows (kept
+ * in TopMemoryContext, emptied at the end of every transaction).
+ *
+ * Levels never decrease along the array: a request is made at the current
+ * level, and every request of a deeper level has been dropped or handed to
+ * its parent when its subtransaction ended.  So the requests of the
+ * current level are a suffix, and a subtransaction's end touches only that
+ * suffix.
+ */
+typedef enum PendingKind
+{
+	PENDING_WAKE,				/* wake dispatchers; value: tasks or TASKQ_WAKE_ALL */
+	PENDING_LAUNCHER,			/* wake the launcher */
+	PENDING_INTERRUPT,			/* interrupt a cancelled task; value: its id */
+	PENDING_COUNT				/* add count to the shared counters */
+} PendingKind;
+
+typedef struct PendingRequest
+{
+	int			level;			/* GetCurrentTransactionNestLevel() that made it */
+	PendingKind kind;
+	int64		value;
+	TaskqCounter count;			/* PENDING_COUNT only */
+} PendingRequest;
+
 static bool xact_callback_registered = false;
-static int	wake_at_commit = 0;	/* tasks made claimable; TASKQ_WAKE_ALL */
-static bool wake_launcher_at_commit = false;
-static int	ninterrupts = 0;
-static int64 interrupts[TASKQ_MAX_INTERRUPTS];
+static PendingRequest *pending = NULL;
 static int	npending = 0;
-static TaskqCounter pending[TASKQ_MAX_PENDING];
+static int	maxpending = 0;
 
 static void flush_counts(void);
 
@@ -611,28 +636,146 @@ taskq_cancel_generation(void)
 	return g;
 }
 
+/*
+ * Find the request of this kind (and task, or counter key) made at level,
+ * or make an empty one.  Only the suffix of that level is searched, so the
+ * requests of a level are merged: a loop of enqueues makes one wake-up.
+ */
+static PendingRequest *
+pending_request(int level, PendingKind kind, int64 task_id, const TaskqCounterKey *key)
+{
+	PendingRequest *r;
+	int			i;
+
+	for (i = npending - 1; i >= 0 && pending[i].level == level; i--)
+	{
+		r = &pending[i];
+		if (r->kind == kind &&
+			(kind != PENDING_INTERRUPT || r->value == task_id) &&
+			(kind != PENDING_COUNT || memcmp(&r->count.key, key, sizeof(*key)) == 0))
+			return r;
+	}
+	if (npending == maxpending)
+	{
+		int			newmax = Max(16, maxpending * 2);
+
+		pending = pending == NULL ?
+			MemoryContextAlloc(TopMemoryContext, newmax * sizeof(PendingRequest)) :
+			repalloc(pending, newmax * sizeof(PendingRequest));
+		maxpending = newmax;
+	}
+	r = &pending[npending++];
+	memset(r, 0, sizeof(*r));
+	r->level = level;
+	r->kind = kind;
+	if (kind == PENDING_INTERRUPT)
+		r->value = task_id;
+	if (kind == PENDING_COUNT)
+		r->count.key = *key;
+	return r;
+}
+
+/* Merge req into this transaction's requests at level. */
+static void
+add_request(int level, const PendingRequest *req)
+{
+	PendingRequest *r = pending_request(level, req->kind, req->value, &req->count.key);
+
+	switch (req->kind)
+	{
+		case PENDING_WAKE:
+			r->value = Min(r->value + req->value, TASKQ_WAKE_ALL);
+			break;
+		case PENDING_COUNT:
+			r->count.completed += req->count.completed;
+			r->count.failed += req->count.failed;
+			r->count.retried += req->count.retried;
+			break;
+		case PENDING_LAUNCHER:
+		case PENDING_INTERRUPT:
+			break;
+	}
+}
+
+/* The index of the first request of level or deeper. */
+static int
+first_at_level(int level)
+{
+	int			i = npending;
+
+	while (i > 0 && pending[i - 1].level >= level)
+		i--;
+	return i;
+}
+
+/*
+ * A subtransaction ends: an abort drops its requests (a cancel rolled back
+ * to a savepoint interrupts nobody), a commit hands them to the parent.
+ */
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+	int			from = first_at_level(level);
+	int			end = npending;
+	int			i;
+
+	switch (event)
+	{
+		case SUBXACT_EVENT_ABORT_SUB:
+			npending = from;
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+
+			/*
+			 * Re-add each at the parent's level.  Each makes at most one new
+			 * request, at an index no later than its own, so copy it first.
+			 */
+			npending = from;
+			for (i = from; i < end; i++)
+			{
+				PendingRequest req = pending[i];
+
+				add_request(level - 1, &req);
+			}
+			break;
+		default:
+			break;
+	}
+}
+
+/* At the top-level commit, do what the transaction kept; then forget it. */
 static void
 xact_callback(XactEvent event, void *arg)
 {
+	int			wake = 0;
+	bool		launcher = false;
 	int			i;
 
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (have_shared())
+			if (!have_shared())
+				break;
+			for (i = 0; i < npending; i++)
 			{
-				if (wake_at_commit > 0)
-					taskq_wake_dispatchers(MyDatabaseId, wake_at_commit);
-				if (wake_launcher_at_commit)
-				{
-					note_extension_wakeup(MyDatabaseId);
-					wake_launcher();
-				}
-				for (i = 0; i < ninterrupts; i++)
-					interrupt_task(interrupts[i]);
-				flush_counts();
+				if (pending[i].kind == PENDING_WAKE)
+					wake = Min((int64) wake + pending[i].value, TASKQ_WAKE_ALL);
+				else if (pending[i].kind == PENDING_LAUNCHER)
+					launcher = true;
+				else if (pending[i].kind == PENDING_INTERRUPT)
+					interrupt_task(pending[i].value);
 			}
+			if (wake > 0)
+				taskq_wake_dispatchers(MyDatabaseId, wake);
+			if (launcher)
+			{
+				note_extension_wakeup(MyDatabaseId);
+				wake_launcher();
+			}
+			flush_counts();
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -641,9 +784,6 @@ xact_callback(XactEvent event, void *arg)
 		default:
 			return;
 	}
-	wake_at_commit = 0;
-	wake_launcher_at_commit = false;
-	ninterrupts = 0;
 	npending = 0;
 }
 
@@ -653,31 +793,48 @@ ensure_xact_callback(void)
 	if (!xact_callback_registered)
 	{
 		RegisterXactCallback(xact_callback, NULL);
+		RegisterSubXactCallback(subxact_callback, NULL);
 		xact_callback_registered = true;
 	}
+}
+
+/* A request of the current (sub)transaction. */
+static void
+request_at_commit(PendingKind kind, int64 value, const TaskqCounterKey *key,
+				  int64 completed, int64 failed, int64 retried)
+{
+	PendingRequest req;
+
+	ensure_xact_callback();
+	memset(&req, 0, sizeof(req));
+	req.kind = kind;
+	req.value = value;
+	if (key != NULL)
+		req.count.key = *key;
+	req.count.completed = completed;
+	req.count.failed = failed;
+	req.count.retried = retried;
+	add_request(GetCurrentTransactionNestLevel(), &req);
 }
 
 /* At commit, wake dispatchers for ntasks more tasks (or TASKQ_WAKE_ALL). */
 void
 taskq_request_wakeup_at_commit(int ntasks)
 {
-	ensure_xact_callback();
-	wake_at_commit = Min((int64) wake_at_commit + ntasks, TASKQ_WAKE_ALL);
+	request_at_commit(PENDING_WAKE, Min(ntasks, TASKQ_WAKE_ALL), NULL, 0, 0, 0);
 }
 
 void
 taskq_request_launcher_wakeup_at_commit(void)
 {
-	ensure_xact_callback();
-	wake_launcher_at_commit = true;
+	request_at_commit(PENDING_LAUNCHER, 0, NULL, 0, 0, 0);
 }
 
+/* At commit, interrupt the handler of task_id, which this transaction cancelled. */
 void
 taskq_request_interrupt_at_commit(int64 task_id)
 {
-	ensure_xact_callback();
-	if (ninterrupts < TASKQ_MAX_INTERRUPTS)
-		interrupts[ninterrupts++] = task_id;
+	request_at_commit(PENDING_INTERRUPT, task_id, NULL, 0, 0, 0);
 }
 
 /* ----------------------------------------------------------------
@@ -833,65 +990,49 @@ taskq_suspect_file_remove(int slot)
 
 /*
  * Count outcomes.  Counts wait in this backend until its transaction
- * commits, so rolled-back work is never counted (and a dispatcher takes
- * the lock once per transaction, not once per task).
+ * commits, so rolled-back work is never counted, not even work rolled back
+ * to a savepoint (and a dispatcher takes the lock once per transaction,
+ * not once per task).
  */
 void
 taskq_count_outcome(Oid dboid, const char *queue, const char *handler,
 					int64 completed, int64 failed, int64 retried)
 {
-	TaskqCounter *c = NULL;
-	int			i;
+	TaskqCounterKey key;
 
 	if (!have_shared())
 		return;
-	for (i = 0; i < npending && c == NULL; i++)
-	{
-		if (pending[i].key.dboid == dboid &&
-			strcmp(pending[i].key.queue, queue) == 0 &&
-			strcmp(pending[i].key.handler, handler) == 0)
-			c = &pending[i];
-	}
-	if (c == NULL && npending == TASKQ_MAX_PENDING)
-	{
-		/* full: the last entry becomes a catch-all, keeping its counts */
-		c = &pending[TASKQ_MAX_PENDING - 1];
-		strlcpy(c->key.queue, "(other)", sizeof(c->key.queue));
-		strlcpy(c->key.handler, "(other)", sizeof(c->key.handler));
-	}
-	else if (c == NULL)
-	{
-		c = &pending[npending++];
-		memset(c, 0, sizeof(*c));
-		c->key.dboid = dboid;
-		strlcpy(c->key.queue, queue, sizeof(c->key.queue));
-		strlcpy(c->key.handler, handler, sizeof(c->key.handler));
-	}
-	c->completed += completed;
-	c->failed += failed;
-	c->retried += retried;
-	ensure_xact_callback();
+	memset(&key, 0, sizeof(key));	/* the shared table hashes its bytes */
+	key.dboid = dboid;
+	strlcpy(key.queue, queue, sizeof(key.queue));
+	strlcpy(key.handler, handler, sizeof(key.handler));
+	request_at_commit(PENDING_COUNT, 0, &key, completed, failed, retried);
 }
 
 /* At commit: add this transaction's counts to the shared counters. */
 static void
 flush_counts(void)
 {
+	bool		locked = false;
 	int			i;
 
-	if (npending == 0)
-		return;
-	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < npending; i++)
 	{
-		TaskqCounterKey key = pending[i].key;
+		TaskqCounterKey key = pending[i].count.key;
 		TaskqCounter *c;
 		bool		found;
 
+		if (pending[i].kind != PENDING_COUNT)
+			continue;
+		if (!locked)
+			LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+		locked = true;
 		c = hash_search(counters, &key, HASH_ENTER_NULL, &found);
 		if (c == NULL)
 		{
 			/* table full: count under a catch-all key rather than lose it */
+			memset(key.queue, 0, sizeof(key.queue));
+			memset(key.handler, 0, sizeof(key.handler));
 			strlcpy(key.queue, "(other)", sizeof(key.queue));
 			strlcpy(key.handler, "(other)", sizeof(key.handler));
 			c = hash_search(counters, &key, HASH_FIND, &found);
@@ -900,12 +1041,12 @@ flush_counts(void)
 			continue;
 		if (!found)
 			c->completed = c->failed = c->retried = 0;
-		c->completed += pending[i].completed;
-		c->failed += pending[i].failed;
-		c->retried += pending[i].retried;
+		c->completed += pending[i].count.completed;
+		c->failed += pending[i].count.failed;
+		c->retried += pending[i].count.retried;
 	}
-	LWLockRelease(shared->lock);
-	npending = 0;
+	if (locked)
+		LWLockRelease(shared->lock);
 }
 
 int

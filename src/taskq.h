@@ -277,6 +277,7 @@ typedef struct TaskqHandler
 } TaskqHandler;
 
 extern bool taskq_lookup_handler(const char *name, TaskqHandler *h);
+extern bool taskq_lookup_handler_locked(const char *name, TaskqHandler *h);
 
 /* ----------------------------------------------------------------
  * Tasks as the dispatcher and the executors see them

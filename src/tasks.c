@@ -4,14 +4,17 @@
  *	  Operations on existing tasks and queues: cancel(), retry(), ack(),
  *	  nack(), wait(), pause() and resume().
  *
- * Writes run as the owner of taskq.tasks, after checking that the caller
- * may act on the task: a role manages the tasks it enqueued (and those of
- * roles whose privileges it has); ack() and nack() also accept the role
- * that registered the task's handler, which is how a listener service
+ * Writes run as the owner of taskq.tasks, on the tasks the caller may act
+ * on: a role manages the tasks it enqueued (and those of roles whose
+ * privileges it has); ack() and nack() also accept the role that
+ * registered the task's handler, which is how a listener service
  * acknowledges other roles' tasks.
  *
  * Unknown task ids are errors; a task that is no longer in the state the
- * call needs returns false.
+ * call needs returns false.  A task the caller may not act on is answered
+ * exactly as an unknown id (same message, SQLSTATE and hint, and without
+ * waiting for its row lock), so no call tells a role whether another
+ * role's task exists.
  *
  *-------------------------------------------------------------------------
  */
@@ -53,7 +56,6 @@ typedef struct LockedTask
 	int64		id;
 	char	   *status;
 	Oid			owner;
-	Oid			handler_owner;	/* InvalidOid if the handler is gone */
 	char	   *handler;
 	char	   *queue;
 	char	   *dedupe_key;
@@ -72,46 +74,42 @@ id_arg(FunctionCallInfo fcinfo)
 	return PG_GETARG_INT64(0);
 }
 
-/*
- * The caller may act on a task it enqueued (or a role it has the
- * privileges of enqueued); ack() and nack() also accept the handler's
- * owner.
- */
-static void
-check_task_privilege(Oid caller, const LockedTask *t, bool handler_owner_may, const char *action)
-{
-	if (has_privs_of_role(caller, t->owner))
-		return;
-	if (handler_owner_may && OidIsValid(t->handler_owner) &&
-		has_privs_of_role(caller, t->handler_owner))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-			 errmsg("permission denied to %s task " INT64_FORMAT, action, t->id),
-			 errdetail("The task was enqueued by role \"%s\".",
-					   GetUserNameFromId(t->owner, true) ? GetUserNameFromId(t->owner, true) : "?")));
-}
-
 static void task_not_found(int64 id) pg_attribute_noreturn();
 
+/*
+ * The one answer for a task id that does not exist and for one that the
+ * caller may not see or act on: the two must be indistinguishable.
+ */
 static void
 task_not_found(int64 id)
 {
 	ereport(ERROR,
 			(errcode(ERRCODE_UNDEFINED_OBJECT),
 			 errmsg("task " INT64_FORMAT " does not exist", id),
-			 errhint("Ended tasks are removed after taskq.retention.")));
+			 errhint("A role sees only its own tasks; ended tasks are removed after taskq.retention.")));
 }
 
 /*
- * Lock a task and check that the caller may act on it.  Runs as the owner
- * of taskq.tasks (the caller's own privileges are checked by role).
+ * Who may act on a task, as a condition on t (taskq.tasks) and h (its
+ * handler, LEFT JOINed): $2 is the caller, $3 whether the handler's owner
+ * may act too.  Checked in the statement that locks the rows, so that a
+ * task the caller may not act on is neither locked nor waited for.
+ */
+#define MAY_ACT \
+	" (pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')" \
+	"  OR ($3 AND h.owner IS NOT NULL" \
+	"      AND pg_catalog.pg_has_role($2, h.owner::pg_catalog.oid, 'USAGE')))"
+
+/*
+ * Lock a task that the caller may act on (see MAY_ACT), or raise "does not
+ * exist".  Runs as the owner of taskq.tasks.
  */
 static void
-lock_task(int64 id, Oid caller, bool handler_owner_may, const char *action, LockedTask *t)
+lock_task(int64 id, Oid caller, bool handler_owner_may, LockedTask *t)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(id)};
+	Oid			types[3] = {INT8OID, OIDOID, BOOLOID};
+	Datum		values[3] = {Int64GetDatum(id), ObjectIdGetDatum(caller),
+	BoolGetDatum(handler_owner_may)};
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
@@ -119,12 +117,13 @@ lock_task(int64 id, Oid caller, bool handler_owner_may, const char *action, Lock
 
 	if (SPI_execute_plan(taskq_prepare(&lock_plan,
 									   "SELECT t.status::pg_catalog.text, t.owner::pg_catalog.oid,"
-									   " h.owner::pg_catalog.oid, t.handler, t.queue, t.dedupe_key,"
+									   " t.handler, t.queue, t.dedupe_key,"
 									   " t.attempts, t.max_attempts"
 									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
 									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
-									   " WHERE t.id OPERATOR(pg_catalog.=) $1 FOR UPDATE OF t",
-									   1, types),
+									   " WHERE t.id OPERATOR(pg_catalog.=) $1 AND" MAY_ACT
+									   " FOR UPDATE OF t",
+									   3, types),
 						 values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.tasks");
 	if (SPI_processed == 0)
@@ -134,15 +133,12 @@ lock_task(int64 id, Oid caller, bool handler_owner_may, const char *action, Lock
 	t->id = id;
 	t->status = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
 	t->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-	d = SPI_getbinval(tup, desc, 3, &isnull);
-	t->handler_owner = isnull ? InvalidOid : DatumGetObjectId(d);
-	t->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-	t->queue = TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull));
-	d = SPI_getbinval(tup, desc, 6, &isnull);
+	t->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
+	t->queue = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
+	d = SPI_getbinval(tup, desc, 5, &isnull);
 	t->dedupe_key = isnull ? NULL : TextDatumGetCString(d);
-	t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
-	t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-	check_task_privilege(caller, t, handler_owner_may, action);
+	t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+	t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 }
 
 static bool
@@ -170,7 +166,7 @@ taskq_cancel(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	taskq_become_owner(&save);
-	lock_task(id, caller, false, "cancel", &t);
+	lock_task(id, caller, false, &t);
 	if (status_is(&t, "queued", "running", "dispatched"))
 	{
 		if (SPI_execute_plan(taskq_prepare(&cancel_plan,
@@ -190,23 +186,27 @@ taskq_cancel(PG_FUNCTION_ARGS)
 }
 
 /*
- * retry() of a task with a dedupe key: refuse while another live task
- * holds the key, naming it.
+ * retry() of a task with a dedupe key: refuse while another live task of
+ * the same role holds the key, naming it.  (Keys are per enqueuing role,
+ * as in tasks_dedupe_idx, so the task named is always one the task's
+ * owner can see.)
  */
 static void
 refuse_if_key_live(const LockedTask *t)
 {
-	Oid			types[2] = {TEXTOID, TEXTOID};
-	Datum		values[2];
+	Oid			types[3] = {TEXTOID, TEXTOID, OIDOID};
+	Datum		values[3];
 	bool		isnull;
 
 	values[0] = CStringGetTextDatum(t->handler);
 	values[1] = CStringGetTextDatum(t->dedupe_key);
+	values[2] = ObjectIdGetDatum(t->owner);
 	if (SPI_execute_plan(taskq_prepare(&live_dupe_plan,
 									   "SELECT id FROM taskq.tasks WHERE handler OPERATOR(pg_catalog.=) $1"
 									   " AND dedupe_key OPERATOR(pg_catalog.=) $2"
+									   " AND owner::pg_catalog.oid OPERATOR(pg_catalog.=) $3"
 									   " AND status " TASKQ_SQL_LIVE,
-									   2, types),
+									   3, types),
 						 values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.tasks");
 	if (SPI_processed > 0)
@@ -269,6 +269,25 @@ requeue_for_retry(const LockedTask *t)
 }
 
 /*
+ * retry() makes an ended task live again: only while its handler is
+ * registered, holding the handler's lock as enqueue() does, so that an
+ * unregister_handler() in flight cannot miss it (it ends the handler's
+ * live tasks) and no later registration of the name inherits it.
+ */
+static void
+refuse_if_handler_gone(const LockedTask *t)
+{
+	TaskqHandler h;
+
+	if (!taskq_lookup_handler_locked(t->handler, &h))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("cannot retry task " INT64_FORMAT ": handler \"%s\" is not registered",
+						t->id, t->handler),
+				 errhint("Register the handler again, then retry the task.")));
+}
+
+/*
  * taskq.retry(id): an ended, unsuccessful task is queued again now, with
  * a fresh attempt budget.  Its last error is kept until the next attempt.
  */
@@ -283,9 +302,10 @@ taskq_retry(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	taskq_become_owner(&save);
-	lock_task(id, caller, false, "retry", &t);
+	lock_task(id, caller, false, &t);
 	if (status_is(&t, "failed", "cancelled", "timeout") || status_is(&t, "expired", NULL, NULL))
 	{
+		refuse_if_handler_gone(&t);
 		if (t.dedupe_key != NULL)
 			refuse_if_key_live(&t);
 		requeue_for_retry(&t);
@@ -302,11 +322,11 @@ taskq_retry(PG_FUNCTION_ARGS)
  * (argument 1): ack() and ack_many().  ack_many() lets a listener
  * acknowledge what it has received so far in one transaction (one WAL
  * flush) instead of one each.  The tasks are locked in id order, so that
- * two callers cannot deadlock; a task the caller may not acknowledge fails
- * the whole call before anything is written.  Returns the ids that were
- * awaiting an acknowledgement and are now completed, in id order; the
- * others (unknown, not dispatched) are left as they are, except that with
- * must_exist (ack() of that one id) an unknown id is an error.
+ * two callers cannot deadlock.  Returns the ids that were awaiting an
+ * acknowledgement and are now completed, in id order; the others (unknown,
+ * not the caller's to acknowledge, not dispatched) are left as they are,
+ * except that with must_exist (ack() of that one id) an unknown id is an
+ * error.  A task the caller may not acknowledge counts as unknown.
  */
 static ArrayType *
 acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
@@ -318,23 +338,26 @@ acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
 	Datum	   *acked;
 	char	  **queues;
 	char	  **handlers;
-	Oid			types[2] = {INT8ARRAYOID, JSONBOID};
-	Datum		values[2];
+	Oid			types[3] = {INT8ARRAYOID, OIDOID, BOOLOID};
+	Oid			ack_types[2] = {INT8ARRAYOID, JSONBOID};
+	Datum		values[3];
 	char		nulls[2] = {' ', ' '};
 	ArrayType  *result;
 	MemoryContext callctx = CurrentMemoryContext;
+	MemoryContext oldcontext;
 
 	SPI_connect();
 	taskq_become_owner(&save);
 	values[0] = PointerGetDatum(ids);
+	values[1] = ObjectIdGetDatum(caller);
+	values[2] = BoolGetDatum(true);
 	if (SPI_execute_plan(taskq_prepare(&lock_many_plan,
-									   "SELECT t.id, t.status::pg_catalog.text, t.owner::pg_catalog.oid,"
-									   " h.owner::pg_catalog.oid, t.handler, t.queue"
+									   "SELECT t.id, t.status::pg_catalog.text, t.handler, t.queue"
 									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
 									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
-									   " WHERE t.id OPERATOR(pg_catalog.=) ANY ($1)"
+									   " WHERE t.id OPERATOR(pg_catalog.=) ANY ($1) AND" MAY_ACT
 									   " ORDER BY t.id FOR UPDATE OF t",
-									   1, types),
+									   3, types),
 						 values, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.tasks");
 	if (must_exist != NULL && SPI_processed == 0)
@@ -347,26 +370,20 @@ acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		LockedTask	t;
 		bool		isnull;
-		Datum		d;
 
-		memset(&t, 0, sizeof(t));
-		t.id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		t.status = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-		t.owner = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
-		d = SPI_getbinval(tup, desc, 4, &isnull);
-		t.handler_owner = isnull ? InvalidOid : DatumGetObjectId(d);
-		check_task_privilege(caller, &t, true, "acknowledge");
-		if (!status_is(&t, "dispatched", NULL, NULL))
+		if (strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)), "dispatched") != 0)
 			continue;
-		acked[nacked] = Int64GetDatum(t.id);
-		handlers[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)));
-		queues[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 6, &isnull)));
+		acked[nacked] = SPI_getbinval(tup, desc, 1, &isnull);
+		handlers[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)));
+		queues[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull)));
 		nacked++;
 	}
 
+	/* in the caller's context: SPI_finish frees ours */
+	oldcontext = MemoryContextSwitchTo(callctx);
 	result = construct_array(acked, nacked, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE);
+	MemoryContextSwitchTo(oldcontext);
 	if (nacked > 0)
 	{
 		values[0] = PointerGetDatum(result);
@@ -376,7 +393,7 @@ acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
 										   "UPDATE taskq.tasks SET status = 'completed', result = $2,"
 										   " finished_at = pg_catalog.now(), lease_until = NULL"
 										   " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-										   2, types),
+										   2, ack_types),
 							 values, nulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "taskq: could not acknowledge tasks");
 		for (i = 0; i < nacked; i++)
@@ -395,12 +412,20 @@ taskq_ack_many(PG_FUNCTION_ARGS)
 	int			nelems;
 	int			i;
 
+	ArrayType  *ids;
+
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("task ids must not be NULL"),
 				 errhint("Pass an array of the ids of the notify messages received.")));
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
+	ids = PG_GETARG_ARRAYTYPE_P(0);
+	if (ARR_NDIM(ids) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("task ids must be a one-dimensional array"),
+				 errhint("Pass ARRAY[id, ...], the ids of the notify messages received.")));
+	deconstruct_array(ids, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 					  TYPALIGN_DOUBLE, &elems, &elem_nulls, &nelems);
 	for (i = 0; i < nelems; i++)
 		if (elem_nulls[i])
@@ -408,7 +433,7 @@ taskq_ack_many(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("task ids must not contain NULL (element %d is NULL)", i + 1),
 					 errhint("Pass an array of the ids of the notify messages received.")));
-	PG_RETURN_ARRAYTYPE_P(acknowledge(PG_GETARG_ARRAYTYPE_P(0), fcinfo, NULL));
+	PG_RETURN_ARRAYTYPE_P(acknowledge(ids, fcinfo, NULL));
 }
 
 /*
@@ -458,7 +483,7 @@ taskq_nack(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	taskq_become_owner(&save);
-	lock_task(id, caller, true, "reject", &t);
+	lock_task(id, caller, true, &t);
 	if (status_is(&t, "dispatched", NULL, NULL))
 	{
 		bool		final = t.attempts >= t.max_attempts;
@@ -535,10 +560,7 @@ taskq_wait(PG_FUNCTION_ARGS)
 							 values, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "taskq: could not read taskq.tasks");
 		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("task " INT64_FORMAT " does not exist", id),
-					 errhint("A role sees only its own tasks; ended tasks are removed after taskq.retention.")));
+			task_not_found(id);
 		row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		ended = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));

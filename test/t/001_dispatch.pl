@@ -243,6 +243,31 @@ for my $i (1 .. 3)
 note sprintf('pickup latency with poll_interval = 1h: max %.4f s',
 	(sort { $b <=> $a } @latency)[0]);
 
+# The wake-up of an enqueue follows its subtransaction: one made in
+# savepoints that were released still wakes the dispatcher at the
+# top-level commit, as does one made after a rolled-back savepoint
+# (whose own enqueue is gone, and must wake nobody).
+for my $case (
+	[ 'released savepoints',
+		"BEGIN; SAVEPOINT a; SAVEPOINT b; SELECT taskq.enqueue('record', %s); RELEASE b; RELEASE a; COMMIT;" ],
+	[ 'after a rolled-back savepoint',
+		"BEGIN; SAVEPOINT a; SELECT taskq.enqueue('record', '{}') IS NULL; ROLLBACK TO a; SELECT taskq.enqueue('record', %s); COMMIT;" ])
+{
+	my ($what, $sql) = @$case;
+	ok($node->poll_query_until('postgres', $idle_q), "subtransaction wake-up, $what: the dispatcher is idle");
+	my $out = sql(sprintf($sql,
+		"jsonb_build_object('label', 'wake-sub', 't0', clock_timestamp())"));
+	my $id = (split /\n/, $out)[-1];
+	is(sql("SELECT status FROM taskq.wait($id, '10s')"),
+		'completed', "subtransaction wake-up, $what: the task completes without polling");
+	my $l = sql(
+		"SELECT extract(epoch FROM r.at - (t.payload->>'t0')::timestamptz)
+         FROM runs r, taskq.tasks t
+         WHERE t.id = $id AND r.label = 'wake-sub' ORDER BY r.at DESC LIMIT 1");
+	note sprintf('subtransaction wake-up, %s: latency %.4f s', $what, $l);
+	cmp_ok($l, '<', 2, "subtransaction wake-up, $what: picked up within 2 s of commit");
+}
+
 # A commit while the dispatcher is busy in a handler that sleeps on its
 # latch (pg_sleep() does, as do lock waits) must not be lost: the task
 # enqueued then runs as soon as the handler is done, not after

@@ -378,5 +378,92 @@ ok(wait_status($later, 'completed'), 'a task enqueued afterwards completes');
 is(sql(q{SELECT count(*) FROM taskq.tasks WHERE crashes > 0}),
 	'0', 'no task was charged a crash');
 
+# ---------------------------------------------------------------------
+# A cancel follows its subtransaction.  Rolled back to a savepoint, it
+# must not interrupt the handler (the task completes on its first attempt)
+# nor make a dispatcher skip a claimed task; in a released savepoint it
+# interrupts at the top-level commit.  The gate handler waits for advisory
+# lock 42, which the background session holds.
+# ---------------------------------------------------------------------
+sql('TRUNCATE side_effects, runs');
+my $waits_for_gate = sub {
+	my ($task) = @_;
+	return $node->poll_query_until(
+		'postgres',
+		"SELECT count(*) = 1 FROM taskq.workers w JOIN pg_stat_activity a USING (pid)
+         WHERE w.current_task = $task AND a.wait_event = 'advisory'");
+};
+$bg = $node->background_psql('postgres');
+$bg->query_safe('SELECT pg_advisory_lock(42)');
+
+# a running handler, cancelled in a savepoint that is rolled back
+my $spared = sql(q{SELECT taskq.enqueue('gate', '{}')});
+ok($waits_for_gate->($spared), 'savepoint: the gate task runs and waits for the lock');
+is( sql("BEGIN; SAVEPOINT s; SELECT taskq.cancel($spared); ROLLBACK TO s; COMMIT;"),
+	't', 'savepoint: cancel() of the running task, then ROLLBACK TO the savepoint');
+is(sql("SELECT status FROM taskq.tasks WHERE id = $spared"),
+	'running', 'savepoint: the task is still running after the commit');
+
+$bg->query_safe('SELECT pg_advisory_unlock(42)');
+ok(wait_status($spared, 'completed'), 'savepoint: the spared handler completes');
+is( sql("SELECT attempts, last_error IS NULL FROM taskq.tasks WHERE id = $spared"),
+	'1|t', 'savepoint: the spared task completed on its first attempt, uninterrupted');
+
+# a claimed task whose handler has not started, cancelled in a savepoint
+# released into one that is rolled back
+$bg->query_safe('SELECT pg_advisory_lock(42)');
+my ($held, $claimed) = split /\n/, sql(<<'EOS');
+BEGIN;
+SELECT taskq.enqueue('gate', '{}', priority => 10);
+SELECT taskq.enqueue('record', '{"label": "claimed-spared"}', priority => 5);
+COMMIT;
+EOS
+ok($waits_for_gate->($held), 'nested savepoints: the gate task holds up its batch');
+is( sql("SELECT status FROM taskq.tasks WHERE id = $claimed"),
+	'running', 'nested savepoints: the task behind it is claimed');
+is( sql(
+		"BEGIN; SAVEPOINT a; SAVEPOINT b; SELECT taskq.cancel($claimed);
+         RELEASE b; ROLLBACK TO a; COMMIT;"),
+	't', 'nested savepoints: cancel() released into a savepoint that is rolled back');
+$bg->query_safe('SELECT pg_advisory_unlock(42)');
+ok(wait_status($claimed, 'completed'),
+	'nested savepoints: the claimed task is not skipped; it completes');
+is( sql("SELECT attempts, last_error IS NULL FROM taskq.tasks WHERE id = $claimed"),
+	'1|t', 'nested savepoints: on its first attempt');
+is(sql(q{SELECT count(*) FROM runs WHERE label = 'claimed-spared'}),
+	'1', 'nested savepoints: its handler ran');
+ok(wait_status($held, 'completed'), 'nested savepoints: the gate task completes');
+
+# a cancel in a released savepoint interrupts the handler at commit
+$bg->query_safe('SELECT pg_advisory_lock(42)');
+my $released = sql(q{SELECT taskq.enqueue('gate', '{}')});
+ok($waits_for_gate->($released), 'released savepoint: the gate task waits for the lock');
+is( sql("BEGIN; SAVEPOINT s; SELECT taskq.cancel($released); RELEASE s; COMMIT;"),
+	't', 'released savepoint: cancel() of the running task');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity
+          WHERE backend_type = 'taskq dispatcher' AND wait_event = 'advisory'}),
+	'released savepoint: the handler was interrupted while the lock is still held');
+is(sql("SELECT status, attempts FROM taskq.tasks WHERE id = $released"),
+	'cancelled|0', 'released savepoint: the task ends cancelled');
+
+# unregister_handler() ends its handler's running tasks too: cancelled,
+# and the handler interrupted at commit
+sql(q{SELECT taskq.register_handler('gate_2', 'public.gate(jsonb)')});
+my $orphan = sql(q{SELECT taskq.enqueue('gate_2', '{}')});
+ok($waits_for_gate->($orphan), 'unregister: a task of the handler waits for the lock');
+is(sql(q{SELECT taskq.unregister_handler('gate_2')}), 't', 'unregister the handler');
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 0 FROM pg_stat_activity
+          WHERE backend_type = 'taskq dispatcher' AND wait_event = 'advisory'}),
+	'unregister: the running handler was interrupted while the lock is still held');
+is( sql("SELECT status, last_error FROM taskq.tasks WHERE id = $orphan"),
+	'cancelled|handler "gate_2" was unregistered',
+	'unregister: the running task ends cancelled, saying why');
+$bg->query_safe('SELECT pg_advisory_unlock(42)');
+$bg->quit;
+
 $node->stop;
 done_testing();

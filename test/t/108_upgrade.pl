@@ -48,11 +48,12 @@ is(sql(q{CREATE EXTENSION taskq; SELECT extversion FROM pg_extension WHERE extna
 	'0.1', 'the old installation creates taskq 0.1');
 sql(<<'EOS');
 CREATE ROLE alice LOGIN;
+CREATE ROLE bob LOGIN;
 CREATE TABLE ctl (hold boolean NOT NULL);          -- the slow handler waits while true
 INSERT INTO ctl VALUES (true);
 CREATE TABLE ledger (id bigint PRIMARY KEY, by_role name NOT NULL);
 GRANT SELECT ON ctl TO alice;
-GRANT INSERT, SELECT ON ledger TO alice;
+GRANT INSERT, SELECT ON ledger TO alice, bob;
 CREATE FUNCTION public.book(p jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO ledger VALUES ((p->>'n')::bigint, current_user);
@@ -70,6 +71,7 @@ SELECT taskq.register_handler('slow', 'public.slow(jsonb)', queue => 'slow');
 SELECT taskq.register_handler('bad', 'public.bad(jsonb)', max_attempts => 1);
 SELECT taskq.register_handler('note', 'upgrade_channel', kind => 'notify');
 SELECT taskq.pause('held');
+SELECT taskq.register_handler('gone', 'public.book(jsonb)');
 EOS
 
 my $enq = q{SET ROLE alice;
@@ -82,6 +84,9 @@ sql(q{SET ROLE alice; SELECT taskq.enqueue('bad', '{"n": 300}')});        # fail
 sql(q{SET ROLE alice; SELECT taskq.enqueue('note', '{"n": 400}') FROM generate_series(1, 3)}); # dispatched
 sql(q{SET ROLE alice; SELECT taskq.enqueue('slow', '{"n": 500}')});       # running
 sql(q{SET ROLE alice; SELECT taskq.cancel(taskq.enqueue('book', '{"n": 600}', queue => 'held'))}); # cancelled
+# 0.1 left the live tasks of an unregistered handler queued
+sql(q{SET ROLE alice; SELECT taskq.enqueue('gone', '{"n": 900}', queue => 'held')});
+sql(q{SELECT taskq.unregister_handler('gone')});
 
 ok( $node->poll_query_until(
 		'postgres', q{
@@ -99,7 +104,9 @@ ok( $node->poll_query_until(
 my $rows = q{SELECT id, status, handler, queue, owner, attempts, payload, result, last_error IS NOT NULL
              FROM taskq.tasks ORDER BY id};
 my $before = sql($rows);
-my %count_before = split /\s+/, sql(q{SELECT status, count(*) FROM taskq.tasks GROUP BY 1 ORDER BY 1});
+# status => number of tasks
+sub counts { return map { split /\|/ } split /\n/, sql(q{SELECT status, count(*) FROM taskq.tasks GROUP BY 1}); }
+my %count_before = counts();
 note 'before the upgrade: ' . join(', ', map { "$_ $count_before{$_}" } sort keys %count_before);
 
 # ---------------------------------------------------------------------
@@ -140,8 +147,24 @@ is( sql(q{SELECT count(*) FROM pg_depend
           WHERE classid = 'pg_namespace'::regclass AND objid = 'taskq'::regnamespace
             AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'taskq') AND deptype = 'e'}),
 	'1', 'schema taskq is now a member of the extension');
-my %count_after = split /\s+/, sql(q{SELECT status, count(*) FROM taskq.tasks GROUP BY 1 ORDER BY 1});
-is_deeply(\%count_after, \%count_before, 'the update kept every task in its state');
+my %count_after = counts();
+my %expected = %count_before;
+$expected{queued}--;       # the unregistered handler's task ...
+$expected{cancelled}++;    # ... is ended by the update
+is_deeply(\%count_after, \%expected,
+	'the update kept every task in its state, but for the live task of a handler 0.1 unregistered');
+is( sql(q{SELECT status || ' ' || last_error FROM taskq.tasks WHERE handler = 'gone'}),
+	'cancelled handler "gone" was unregistered',
+	'which is cancelled, so that a new registration of the name cannot receive it');
+like(
+	sql(q{SELECT pg_get_indexdef('taskq.tasks_dedupe_idx'::regclass)}),
+	qr/^CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq\.tasks USING btree \(handler, dedupe_key, owner\) WHERE/,
+	'deduplication is per enqueuing role: tasks_dedupe_idx is on (handler, dedupe_key, owner)');
+my $alices = sql(q{SELECT id FROM taskq.tasks WHERE dedupe_key = 'k200'});
+my $bobs = sql(q{SET ROLE bob; SELECT taskq.enqueue('book', '{"n": 201}', queue => 'held', dedupe_key => 'k200')});
+isnt($bobs, $alices, 'bob\'s enqueue of the key alice took under 0.1 writes his own task');
+is(sql(q{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 202}', queue => 'held', dedupe_key => 'k200')}),
+	$alices, 'alice\'s enqueue of her 0.1 key still returns her 0.1 task');
 
 ok( $node->poll_query_until(
 		'postgres', q{SELECT count(*) = 2 FROM taskq.workers WHERE type = 'dispatcher'}),
@@ -155,8 +178,8 @@ ok( $node->poll_query_until(
 sql(q{SELECT taskq.resume('held')});
 ok( $node->poll_query_until(
 		'postgres',
-		q{SELECT count(*) = 31 FROM taskq.tasks WHERE queue = 'held' AND status = 'completed'}),
-	'the tasks 0.1 queued complete');
+		q{SELECT count(*) = 32 FROM taskq.tasks WHERE queue = 'held' AND status = 'completed'}),
+	'the tasks 0.1 queued complete, and bob\'s');
 is(sql(q{SELECT count(DISTINCT id) || ' ' || min(by_role) || ' ' || max(by_role) FROM ledger WHERE id BETWEEN 101 AND 200}),
 	'31 alice alice', 'each ran once, as the role that enqueued it under 0.1');
 is( sql(q{SET ROLE alice; SELECT cardinality(taskq.ack_many(ARRAY(SELECT id FROM taskq.tasks WHERE status = 'dispatched')))}),
