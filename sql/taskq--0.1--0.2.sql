@@ -44,6 +44,15 @@ BEGIN
        AND d.refclassid OPERATOR(pg_catalog.=) 'pg_catalog.pg_namespace'::pg_catalog.regclass
        AND d.refobjid OPERATOR(pg_catalog.=) sch;
     ALTER EXTENSION taskq ADD SCHEMA taskq;
+    -- 0.1 installed into a schema taskq that someone had made beforehand;
+    -- such an owner could put objects where taskq's callers resolve names.
+    IF (SELECT nspowner FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) sch)
+       OPERATOR(pg_catalog.<>) (SELECT extowner FROM pg_catalog.pg_extension WHERE oid OPERATOR(pg_catalog.=) ext) THEN
+        RAISE WARNING 'schema taskq was owned by role %; it now belongs to the extension''s owner',
+            (SELECT nspowner::pg_catalog.regrole FROM pg_catalog.pg_namespace WHERE oid OPERATOR(pg_catalog.=) sch);
+        EXECUTE pg_catalog.format('ALTER SCHEMA taskq OWNER TO %I',
+            (SELECT extowner::pg_catalog.regrole::pg_catalog.text FROM pg_catalog.pg_extension WHERE oid OPERATOR(pg_catalog.=) ext));
+    END IF;
 END
 $adopt$;
 

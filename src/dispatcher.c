@@ -769,6 +769,13 @@ abandon_task(MemoryContext oldcontext, ResourceOwner oldowner, Oid save_userid, 
 	CurrentResourceOwner = oldowner;
 	SetUserIdAndSecContext(save_userid, save_sec);
 	end_task();
+
+	/*
+	 * A cancel or timeout signal that arrived while the handler's own error
+	 * was unwinding is about this task, which is over: left pending, it
+	 * would fail our statement recording the outcome, and the worker.
+	 */
+	QueryCancelPending = false;
 	return edata;
 }
 

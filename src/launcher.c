@@ -150,14 +150,14 @@ log_once(const char *key, const char *fmt, const char *dbname)
 
 /*
  * The line for a database whose taskq objects are at another version than
- * this library serves; "%s" stays for the database's name.
+ * this library serves.  The version found is data, never part of a format.
  */
-static const char *
-wrong_version_message(const char *found)
+static char *
+wrong_version_message(const char *dbname, const char *found)
 {
-	return psprintf("taskq: extension taskq in database \"%%s\" is at version %s, but the installed library serves version %s; "
+	return psprintf("taskq: extension taskq in database \"%s\" is at version %s, but the installed library serves version %s; "
 					"its dispatchers wait, and start when ALTER EXTENSION taskq UPDATE runs there",
-					found, TASKQ_VERSION);
+					dbname, found, TASKQ_VERSION);
 }
 
 /* Forget the version lines logged for a database (its version changed). */
@@ -522,8 +522,12 @@ dispatcher_stopped(Wanted *w)
 			break;
 		case TASKQ_EXIT_WRONG_VERSION:
 			if (w->index == 0)
-				log_once(version_key, wrong_version_message(s->last_error),
-						 database_name(w->dboid));
+			{
+				char	   *msg = wrong_version_message(database_name(w->dboid), s->last_error);
+
+				log_once(version_key, "%s", msg);
+				pfree(msg);
+			}
 			delay = RETRY_NO_EXTENSION_MS;
 			w->failures = 0;
 			break;

@@ -78,6 +78,16 @@ typedef struct TaskqMarker
 	int64		task_id;
 } TaskqMarker;
 
+/*
+ * A cancelled task.  Task ids are per database (each has its own
+ * sequence), so a cancel names its database too.
+ */
+typedef struct TaskqCancel
+{
+	Oid			dboid;
+	int64		task_id;
+} TaskqCancel;
+
 typedef struct TaskqSuspect
 {
 	Oid			dboid;
@@ -103,7 +113,7 @@ typedef struct TaskqShared
 	 * task cancelled after its claim never starts.  See interrupt_task().
 	 */
 	uint64		cancel_gen;
-	int64		cancel_ring[TASKQ_CANCEL_RING];
+	TaskqCancel cancel_ring[TASKQ_CANCEL_RING];
 
 	/* dispatchers that have exited since the server started */
 	pg_atomic_uint64 dispatcher_exits;
@@ -542,19 +552,23 @@ taskq_wake_dispatchers(Oid dboid, int ntasks)
  * launcher, woken here, terminates its dispatcher.
  */
 static void
-interrupt_task(int64 task_id)
+interrupt_task(Oid dboid, int64 task_id)
 {
 	int			i;
 	bool		running = false;
+	TaskqCancel *entry;
 
 	LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-	shared->cancel_ring[shared->cancel_gen % TASKQ_CANCEL_RING] = task_id;
+	entry = &shared->cancel_ring[shared->cancel_gen % TASKQ_CANCEL_RING];
+	entry->dboid = dboid;
+	entry->task_id = task_id;
 	shared->cancel_gen++;
 	for (i = 0; i < shared->nslots; i++)
 	{
 		TaskqSlot  *slot = &shared->slots[i];
 
-		if (slot->in_use && slot->pid != 0 && slot->current_task == task_id)
+		if (slot->in_use && slot->pid != 0 && slot->dboid == dboid &&
+			slot->current_task == task_id)
 		{
 			TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															   taskq_interrupt_grace);
@@ -595,7 +609,11 @@ taskq_start_task(TaskqSlot *slot, int64 task_id, const char *queue,
 
 		/* look at every cancel since we last did, as far as the ring goes */
 		for (; from < g && !cancelled; from++)
-			cancelled = shared->cancel_ring[from % TASKQ_CANCEL_RING] == task_id;
+		{
+			TaskqCancel *c = &shared->cancel_ring[from % TASKQ_CANCEL_RING];
+
+			cancelled = c->task_id == task_id && c->dboid == slot->dboid;
+		}
 	}
 	if (!cancelled)
 	{
@@ -766,7 +784,7 @@ xact_callback(XactEvent event, void *arg)
 				else if (pending[i].kind == PENDING_LAUNCHER)
 					launcher = true;
 				else if (pending[i].kind == PENDING_INTERRUPT)
-					interrupt_task(pending[i].value);
+					interrupt_task(MyDatabaseId, pending[i].value);
 			}
 			if (wake > 0)
 				taskq_wake_dispatchers(MyDatabaseId, wake);

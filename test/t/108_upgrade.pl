@@ -101,6 +101,12 @@ ok( $node->poll_query_until(
 		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND backend_type = 'taskq dispatcher'}),
 	'the slow handler is inside its loop');
 
+# 0.1 installed into a schema taskq that another role had made
+$node->safe_psql('postgres', q{CREATE DATABASE premade; CREATE ROLE mallory});
+$node->safe_psql('premade', q{CREATE SCHEMA taskq AUTHORIZATION mallory; CREATE EXTENSION taskq});
+is($node->safe_psql('premade', q{SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'taskq'}),
+	'mallory', '0.1 installs into a schema taskq made beforehand by another role');
+
 my $rows = q{SELECT id, status, handler, queue, owner, attempts, payload, result, last_error IS NOT NULL
              FROM taskq.tasks ORDER BY id};
 my $before = sql($rows);
@@ -141,6 +147,13 @@ is( () = $since_start =~ /is at version 0\.1, but the installed library/g,
 # ALTER EXTENSION taskq UPDATE.
 # ---------------------------------------------------------------------
 sql('ALTER EXTENSION taskq UPDATE');
+my ($pre_ret, $pre_out, $pre_err) = $node->psql('premade', 'ALTER EXTENSION taskq UPDATE');
+is($pre_ret, 0, 'the update of a database whose schema taskq another role made succeeds');
+like($pre_err, qr/schema taskq was owned by role mallory; it now belongs to the extension's owner/,
+	'saying whose the schema was');
+is($node->safe_psql('premade', q{SELECT nspowner::regrole FROM pg_namespace WHERE nspname = 'taskq'}),
+	(sql(q{SELECT extowner::regrole FROM pg_extension WHERE extname = 'taskq'})),
+	'and the schema now belongs to the extension\'s owner');
 is( sql(q{SELECT extversion || ' ' || extnamespace::regnamespace FROM pg_extension WHERE extname = 'taskq'}),
 	'0.2 pg_catalog', 'the database is at 0.2, the extension recorded in pg_catalog');
 is( sql(q{SELECT count(*) FROM pg_depend
@@ -257,7 +270,7 @@ is($updated, $fresh, 'an updated database has exactly the objects of a fresh 0.2
 $node->safe_psql('fresh', 'DROP EXTENSION taskq');
 is($node->safe_psql('fresh', q{SELECT count(*) FROM pg_namespace WHERE nspname = 'taskq'}),
 	'0', 'DROP EXTENSION removes schema taskq');
-$node->safe_psql('fresh', 'CREATE ROLE mallory; CREATE SCHEMA taskq AUTHORIZATION mallory');
+$node->safe_psql('fresh', 'CREATE SCHEMA taskq AUTHORIZATION mallory');
 ($ret, $out, $err) = $node->psql('fresh', 'CREATE EXTENSION taskq');
 isnt($ret, 0, 'CREATE EXTENSION fails when someone else made a schema taskq');
 like($err, qr/schema "taskq" already exists/, 'saying the schema exists');
