@@ -288,6 +288,21 @@ is(sql(q{SELECT is_called FROM late_cancel_seq}),
 # ---------------------------------------------------------------------
 sql('TRUNCATE side_effects, runs');
 
+# The launcher logged that it terminated dispatcher $pid (its handler of
+# task $task overran its $cause by the grace), and another one runs.
+sub terminated_and_replaced
+{
+	my ($task, $cause, $pid, $offset, $what) = @_;
+	like(
+		slurp_file($node->logfile, $offset),
+		qr/taskq: the handler of task $task in database "postgres" did not stop within taskq.interrupt_grace \(500 ms\) after its $cause; terminating its dispatcher \(PID $pid\)/,
+		$what);
+	ok( $node->poll_query_until(
+			'postgres',
+			"SELECT count(*) = 1 FROM taskq.workers WHERE type = 'dispatcher' AND pid <> $pid"),
+		'a new dispatcher runs');
+}
+
 sub dispatcher_pid
 {
 	return sql(q{SELECT pid FROM taskq.workers WHERE type = 'dispatcher'});
@@ -319,14 +334,8 @@ is(sql("SELECT attempts, crashes FROM taskq.tasks WHERE id = $mate"),
 	'1|0', 'its batch-mate completed in one attempt, without a crash');
 is(sql(q{SELECT count(*) FROM side_effects WHERE handler = 'stubborn'}),
 	'0', 'the stubborn handler\'s write was rolled back');
-like(
-	slurp_file($node->logfile, $log_offset),
-	qr/taskq: the handler of task $stub in database "postgres" did not stop within taskq.interrupt_grace \(500 ms\) after its timeout; terminating its dispatcher \(PID $pid_before\)/,
+terminated_and_replaced($stub, 'timeout', $pid_before, $log_offset,
 	'the launcher logs why it terminated the dispatcher');
-ok( $node->poll_query_until(
-		'postgres',
-		"SELECT count(*) = 1 FROM taskq.workers WHERE type = 'dispatcher' AND pid <> $pid_before"),
-	'a new dispatcher runs');
 my $restart = sql(
 	"SELECT coalesce(extract(epoch FROM min(at) - (SELECT started_at FROM taskq.tasks WHERE id = $stub)), 999)
      FROM runs WHERE label = 'after-stubborn'");
@@ -365,14 +374,8 @@ is(sql("SELECT taskq.cancel($stub3)"), 't', 'taskq.cancel() of the stubborn task
 ok(wait_status($mate3, 'completed'), 'the task claimed with it completes');
 is(sql("SELECT status, attempts, crashes FROM taskq.tasks WHERE id = $stub3"),
 	'cancelled|0|0', 'the cancelled task stays cancelled, with no attempt and no crash');
-like(
-	slurp_file($node->logfile, $log_offset),
-	qr/taskq: the handler of task $stub3 in database "postgres" did not stop within taskq.interrupt_grace \(500 ms\) after its cancel; terminating its dispatcher \(PID $pid_before\)/,
+terminated_and_replaced($stub3, 'cancel', $pid_before, $log_offset,
 	'the launcher terminated its dispatcher after the grace');
-ok( $node->poll_query_until(
-		'postgres',
-		"SELECT count(*) = 1 FROM taskq.workers WHERE type = 'dispatcher' AND pid <> $pid_before"),
-	'a new dispatcher runs');
 my $later = sql(q{SELECT taskq.enqueue('record', '{"label": "later"}')});
 ok(wait_status($later, 'completed'), 'a task enqueued afterwards completes');
 is(sql(q{SELECT count(*) FROM taskq.tasks WHERE crashes > 0}),
