@@ -57,22 +57,9 @@ typedef struct EnqueueOptions
 	Oid			owner;			/* the calling role, read before any switch */
 } EnqueueOptions;
 
-static SPIPlanPtr insert_plan = NULL;
-static SPIPlanPtr insert_dedupe_plan = NULL;
-static SPIPlanPtr find_dedupe_plan = NULL;
-static SPIPlanPtr finish_sync_plan = NULL;
 static bool warned_no_dispatch = false;
 static bool warned_starved = false;
 static uint32 starved_seen = 0;	/* the launcher's starved list we looked at */
-
-static Interval *
-ms_to_interval(int64 ms)
-{
-	Interval   *iv = palloc0(sizeof(Interval));
-
-	iv->time = ms * 1000;
-	return iv;
-}
 
 /* ----------------------------------------------------------------
  * Resolution and validation
@@ -382,106 +369,47 @@ trace_enqueue(const EnqueueOptions *o, const char *outcome, int64 id)
  * ----------------------------------------------------------------
  */
 
-/* The id in the first row of the last result, which is then freed. */
-static int64
-first_id(void)
-{
-	bool		isnull;
-	int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-
-	SPI_freetuptable(SPI_tuptable);
-	return id;
-}
-
 /*
  * Write one task, or find the live task it deduplicates into.  Returns its
  * id; *inserted says which.  Runs as the owner of taskq.tasks.
+ *
+ * With a dedupe key: insert unless a live task of the same role holds the
+ * key, else return that task.  The key is the role's own (the unique index
+ * is on handler, dedupe_key and owner), so no role can suppress another's
+ * tasks or learn their ids.  A concurrent enqueue of the same key by the
+ * same role waits for our commit on the unique index, then finds our row.
+ * The holder may end between the two statements; then try again.
  */
 static int64
 insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *inserted)
 {
-	Oid			types[12] = {TEXTOID, TEXTOID, INT4OID, TEXTOID, JSONBOID, JSONBOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID};
-	Datum		values[12];
-	char		nulls[12];
-	SPIPlanPtr	plan;
+	TaskqNewTask t;
 	int			tries;
-	int			ret;
+	int64		id;
 
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = CStringGetTextDatum(o->handler.name);
-	values[1] = CStringGetTextDatum(o->queue);
-	values[2] = Int32GetDatum(o->priority);
-	values[3] = CStringGetTextDatum(status);
-	values[4] = JsonbPGetDatum(payload);
-	values[5] = o->metadata ? JsonbPGetDatum(o->metadata) : (Datum) 0;
-	nulls[5] = o->metadata ? ' ' : 'n';
-	values[6] = TimestampTzGetDatum(o->run_at);
-	values[7] = TimestampTzGetDatum(o->expires_at);
-	nulls[7] = o->has_expires_at ? ' ' : 'n';
-	values[8] = Int32GetDatum(o->max_attempts);
-	values[9] = IntervalPGetDatum(ms_to_interval(o->timeout_ms));
-	values[10] = ObjectIdGetDatum(o->owner);
-	values[11] = o->dedupe_key ? PointerGetDatum(o->dedupe_key) : (Datum) 0;
-	nulls[11] = o->dedupe_key ? ' ' : 'n';
+	t.handler = o->handler.name;
+	t.queue = o->queue;
+	t.priority = o->priority;
+	t.status = status;
+	t.payload = payload;
+	t.metadata = o->metadata;
+	t.run_at = o->run_at;
+	t.has_expires_at = o->has_expires_at;
+	t.expires_at = o->expires_at;
+	t.max_attempts = o->max_attempts;
+	t.timeout_ms = o->timeout_ms;
+	t.owner = o->owner;
+	t.dedupe_key = o->dedupe_key;
 
-#define INSERT_SQL \
-	"INSERT INTO taskq.tasks (handler, queue, priority, status, payload, metadata," \
-	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key)" \
-	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12)"
-
-	if (o->dedupe_key == NULL)
-	{
-		plan = taskq_prepare(&insert_plan, INSERT_SQL " RETURNING id", 12, types);
-		ret = SPI_execute_plan(plan, values, nulls, false, 1);
-		if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
-			elog(ERROR, "taskq: insert into taskq.tasks failed: %s", SPI_result_code_string(ret));
-		*inserted = true;
-		return first_id();
-	}
-
-	/*
-	 * With a dedupe key: insert unless a live task of the same role holds
-	 * the key, else return that task.  The key is the role's own (the
-	 * unique index is on handler, dedupe_key and owner), so no role can
-	 * suppress another's tasks or learn their ids.  A concurrent enqueue of
-	 * the same key by the same role waits for our commit on the unique
-	 * index, then finds our row.  The holder may end between the two
-	 * statements; then try again.
-	 *
-	 * The ON CONFLICT names no index: the only unique index an insert can
-	 * conflict with is tasks_dedupe_idx (ids come from the sequence), so
-	 * the statement does not repeat that index's definition.
-	 */
+	*inserted = true;
 	for (tries = 0; tries < 3; tries++)
 	{
-		Oid			ftypes[3] = {TEXTOID, TEXTOID, OIDOID};
-		Datum		fvalues[3] = {values[0], values[11], values[10]};
-
-		plan = taskq_prepare(&insert_dedupe_plan,
-							 INSERT_SQL
-							 " ON CONFLICT DO NOTHING RETURNING id", 12, types);
-		ret = SPI_execute_plan(plan, values, nulls, false, 1);
-		if (ret != SPI_OK_INSERT_RETURNING)
-			elog(ERROR, "taskq: insert into taskq.tasks failed: %s", SPI_result_code_string(ret));
-		if (SPI_processed == 1)
-		{
-			*inserted = true;
-			return first_id();
-		}
-		plan = taskq_prepare(&find_dedupe_plan,
-							 "SELECT id FROM taskq.tasks"
-							 " WHERE handler OPERATOR(pg_catalog.=) $1"
-							 " AND dedupe_key OPERATOR(pg_catalog.=) $2"
-							 " AND owner::pg_catalog.oid OPERATOR(pg_catalog.=) $3"
-							 " AND dedupe_key IS NOT NULL"
-							 " AND status " TASKQ_SQL_LIVE,
-							 3, ftypes);
-		ret = SPI_execute_plan(plan, fvalues, NULL, false, 1);
-		if (ret == SPI_OK_SELECT && SPI_processed == 1)
+		if ((id = taskq_outbox_insert(&t)) != 0)
+			return id;
+		if ((id = taskq_outbox_live_holder(t.handler, t.dedupe_key, t.owner)) != 0)
 		{
 			*inserted = false;
-			return first_id();
+			return id;
 		}
 	}
 	ereport(ERROR,
@@ -490,34 +418,6 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 					text_to_cstring(o->dedupe_key), o->handler.name),
 			 errhint("Retry the transaction.")));
 	return 0;					/* keep compiler quiet */
-}
-
-/*
- * Record the outcome of a sync-mode run on its row.
- */
-static void
-finish_sync(int64 id, const TaskqOutcome *out)
-{
-	Oid			types[4] = {INT8OID, TEXTOID, JSONBOID, INT4OID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-	SPIPlanPtr	plan;
-
-	values[0] = Int64GetDatum(id);
-	values[1] = CStringGetTextDatum(out->status);
-	values[2] = out->result;
-	nulls[2] = out->result_null ? 'n' : ' ';
-	values[3] = Int32GetDatum(taskq_ack_timeout);
-	plan = taskq_prepare(&finish_sync_plan,
-						 "UPDATE taskq.tasks SET status = $2::taskq.status, result = $3,"
-						 " attempts = 1, started_at = pg_catalog.now(),"
-						 " finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'completed' THEN pg_catalog.now() END,"
-						 " lease_until = CASE WHEN $2 OPERATOR(pg_catalog.=) 'dispatched'"
-						 "   THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000.0) END"
-						 " WHERE id OPERATOR(pg_catalog.=) $1",
-						 4, types);
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: could not record the sync outcome of task " INT64_FORMAT, id);
 }
 
 /*
@@ -594,7 +494,7 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 		task.metadata = o->metadata ? JsonbPGetDatum(o->metadata) : (Datum) 0;
 		taskq_execute(&task, &o->handler, true, &out);
 		taskq_become_owner(&save);
-		finish_sync(id, &out);
+		taskq_outbox_finish_sync(id, &out, taskq_ack_timeout);
 		taskq_restore_user(&save);
 		if (strcmp(out.status, "completed") == 0)
 			taskq_count_outcome(MyDatabaseId, o->queue, o->handler.name, 1, 0, 0);

@@ -43,6 +43,52 @@ static SPIPlanPtr retention_plan = NULL;
 static SPIPlanPtr next_due_plan = NULL;
 
 /* ----------------------------------------------------------------
+ * Running a statement
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * A fixed statement of the API, prepared at its first use and kept for the
+ * backend's life.  Declaring the text, the parameter types and the result
+ * expected together, next to the function that runs it, leaves a single
+ * place (run()) that prepares, executes and checks, instead of one copy
+ * of that shape per statement.
+ */
+typedef struct Statement
+{
+	SPIPlanPtr	plan;			/* kept once prepared */
+	const char *what;			/* "<what> failed" if SPI answers otherwise */
+	int			expect;			/* SPI_OK_* */
+	bool		read_only;		/* no new snapshot: see SPI_execute_plan */
+	int			nargs;
+	Oid			types[12];
+	const char *sql;
+} Statement;
+
+/*
+ * Execute a prepared plan and check SPI's answer: every statement here is
+ * ours, so any other answer than the expected one is a bug, reported with
+ * what the statement does.
+ */
+static void
+execute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only,
+		long count, int expect, const char *what)
+{
+	int			ret = SPI_execute_plan(plan, values, nulls, read_only, count);
+
+	if (ret != expect)
+		elog(ERROR, "taskq: %s failed: %s", what, SPI_result_code_string(ret));
+}
+
+/* Prepare (once), execute and check one of the fixed statements. */
+static void
+run(Statement *st, Datum *values, const char *nulls, long count)
+{
+	execute(taskq_prepare(&st->plan, st->sql, st->nargs, st->types),
+			values, nulls, st->read_only, count, st->expect, st->what);
+}
+
+/* ----------------------------------------------------------------
  * Decoding
  * ----------------------------------------------------------------
  */
@@ -164,12 +210,11 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	TupleDesc	desc;
 	HeapTuple	tup;
 
-	if (SPI_execute_plan(taskq_prepare(&exclusions_plan,
+	execute(taskq_prepare(&exclusions_plan,
 									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused) AS paused_queues,"
 									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled) AS disabled_handlers",
 									   0, NULL),
-						 NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: reading paused queues failed");
+			NULL, NULL, true, 1, SPI_OK_SELECT, "reading paused queues");
 	desc = SPI_tuptable->tupdesc;
 	tup = SPI_tuptable->vals[0];
 	ex->queues = value_not_null(tup, desc, column(desc, "paused_queues"));
@@ -299,8 +344,8 @@ taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 	if (claim_plans_batch != taskq_batch_size)
 		taskq_outbox_forget_claim_plans();
 	claim_plans_batch = taskq_batch_size;
-	if (SPI_execute_plan(choose_claim(ex, after, values), values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "taskq: claiming tasks failed");
+	execute(choose_claim(ex, after, values),
+			values, NULL, false, 0, SPI_OK_UPDATE_RETURNING, "claiming tasks");
 
 	n = (int) SPI_processed;
 	task_columns(SPI_tuptable->tupdesc, &cols);
@@ -325,15 +370,14 @@ taskq_outbox_next_due(TimestampTz *lease)
 	bool		isnull;
 	Datum		d;
 
-	if (SPI_execute_plan(taskq_prepare(&next_due_plan,
+	execute(taskq_prepare(&next_due_plan,
 									   "SELECT"
 									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
 									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1) AS run_at,"
 									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
 									   "   ORDER BY lease_until LIMIT 1) AS lease_until",
 									   0, NULL),
-						 NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: computing the next due time failed");
+			NULL, NULL, true, 1, SPI_OK_SELECT, "computing the next due time");
 	desc = SPI_tuptable->tupdesc;
 	tup = SPI_tuptable->vals[0];
 	d = value_of(tup, desc, column(desc, "lease_until"), &isnull);
@@ -370,13 +414,12 @@ taskq_outbox_remove_completed(int64 id)
 
 	values[0] = Int64GetDatum(id);
 	values[1] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(taskq_prepare(&remove_plan,
+	execute(taskq_prepare(&remove_plan,
 									   "DELETE FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) $1"
 									   " AND status::pg_catalog.text OPERATOR(pg_catalog.=) 'running'"
 									   " AND worker_pid OPERATOR(pg_catalog.=) $2",
 									   2, types),
-						 values, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "taskq: removing completed task " INT64_FORMAT " failed", id);
+			values, NULL, false, 0, SPI_OK_DELETE, "removing completed task");
 	return SPI_processed == 1;
 }
 
@@ -398,7 +441,7 @@ taskq_outbox_complete(int64 id, const TaskqOutcome *out, int ack_timeout_ms)
 	nulls[2] = out->result_null ? 'n' : ' ';
 	values[3] = Int32GetDatum(ack_timeout_ms);
 	values[4] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(taskq_prepare(&success_plan,
+	execute(taskq_prepare(&success_plan,
 									   "UPDATE taskq.tasks SET status = $2::taskq.status,"
 									   " attempts = attempts OPERATOR(pg_catalog.+) 1, result = $3, worker_pid = NULL,"
 									   " finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'completed' THEN pg_catalog.clock_timestamp() END,"
@@ -406,8 +449,7 @@ taskq_outbox_complete(int64 id, const TaskqOutcome *out, int ack_timeout_ms)
 									   "   THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000.0) END"
 									   " WHERE id OPERATOR(pg_catalog.=) $1 AND " STILL_OURS,
 									   5, types),
-						 values, nulls, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: recording the outcome of task " INT64_FORMAT " failed", id);
+			values, nulls, false, 0, SPI_OK_UPDATE, "recording the outcome");
 	return SPI_processed == 1;
 }
 
@@ -428,7 +470,7 @@ taskq_outbox_fail(int64 id, const char *error, int64 delay_ms, bool timed_out)
 	values[2] = Int64GetDatum(delay_ms);
 	values[3] = CStringGetTextDatum(timed_out ? "timeout" : "failed");
 	values[4] = Int32GetDatum(MyProcPid);
-	if (SPI_execute_plan(taskq_prepare(&failure_plan,
+	execute(taskq_prepare(&failure_plan,
 									   "UPDATE taskq.tasks SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
 									   " last_error = $2, worker_pid = NULL,"
 									   " status = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN $4 ELSE 'queued' END::taskq.status,"
@@ -437,8 +479,7 @@ taskq_outbox_fail(int64 id, const char *error, int64 delay_ms, bool timed_out)
 									   "   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
 									   " WHERE id OPERATOR(pg_catalog.=) $1 AND " STILL_OURS,
 									   5, types),
-						 values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: recording the failure of task " INT64_FORMAT " failed", id);
+			values, NULL, false, 0, SPI_OK_UPDATE, "recording the failure");
 	return SPI_processed == 1;
 }
 
@@ -495,16 +536,14 @@ taskq_outbox_reap(const int64 *suspects, int nsuspects, TaskqReaped **reaped)
 	Datum		values[1];
 	TupleDesc	desc;
 	int			c_id, c_crash, c_charge, c_status, c_queue, c_handler, c_attempts;
-	int			ret;
 	uint64		i;
 
 	for (i = 0; i < (uint64) nsuspects; i++)
 		elems[i] = Int64GetDatum(suspects[i]);
 	values[0] = PointerGetDatum(construct_array(elems, nsuspects, INT8OID, sizeof(int64),
 												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	ret = SPI_execute_plan(taskq_prepare(&reap_plan, REAP_SQL, 1, types), values, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "taskq: reaping orphaned tasks failed: %s", SPI_result_code_string(ret));
+	execute(taskq_prepare(&reap_plan, REAP_SQL, 1, types),
+			values, NULL, false, 0, SPI_OK_UPDATE_RETURNING, "reaping orphaned tasks");
 
 	desc = SPI_tuptable->tupdesc;
 	c_id = column(desc, "id");
@@ -540,13 +579,12 @@ taskq_outbox_delay(int64 id, int64 delay_ms)
 
 	values[0] = Int64GetDatum(id);
 	values[1] = Int64GetDatum(delay_ms);
-	if (SPI_execute_plan(taskq_prepare(&backoff_plan,
+	execute(taskq_prepare(&backoff_plan,
 									   "UPDATE taskq.tasks SET run_at = pg_catalog.clock_timestamp()"
 									   " OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2 OPERATOR(pg_catalog./) 1000.0)"
 									   " WHERE id OPERATOR(pg_catalog.=) $1",
 									   2, types),
-						 values, NULL, false, 0) != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: delaying the retry of task " INT64_FORMAT " failed", id);
+			values, NULL, false, 0, SPI_OK_UPDATE, "delaying the retry");
 }
 
 /*
@@ -559,10 +597,9 @@ taskq_outbox_expire_leases(TaskqLeaseFn each)
 {
 	TupleDesc	desc;
 	int			c_queue, c_handler, c_failed;
-	int			ret;
 	uint64		i;
 
-	ret = SPI_execute_plan(taskq_prepare(&lease_plan,
+	execute(taskq_prepare(&lease_plan,
 										 "UPDATE taskq.tasks SET lease_until = NULL,"
 										 " status = CASE WHEN attempts OPERATOR(pg_catalog.>=) max_attempts"
 										 "   THEN 'failed' ELSE 'queued' END::taskq.status,"
@@ -577,9 +614,7 @@ taskq_outbox_expire_leases(TaskqLeaseFn each)
 										 "   FOR UPDATE SKIP LOCKED)"
 										 " RETURNING queue, handler, status OPERATOR(pg_catalog.=) 'failed' AS failed",
 										 0, NULL),
-						   NULL, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "taskq: expiring leases failed");
+			NULL, NULL, false, 0, SPI_OK_UPDATE_RETURNING, "expiring leases");
 	desc = SPI_tuptable->tupdesc;
 	c_queue = column(desc, "queue");
 	c_handler = column(desc, "handler");
@@ -597,18 +632,15 @@ taskq_outbox_expire_leases(TaskqLeaseFn each)
 void
 taskq_outbox_expire_tasks(void)
 {
-	int			ret;
 
-	ret = SPI_execute_plan(taskq_prepare(&expire_plan,
+	execute(taskq_prepare(&expire_plan,
 										 "UPDATE taskq.tasks SET status = 'expired', finished_at = pg_catalog.now()"
 										 " WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
 										 "   WHERE status OPERATOR(pg_catalog.=) 'queued'"
 										 "   AND expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
 										 0, NULL),
-						   NULL, NULL, false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "taskq: expiring tasks failed");
+			NULL, NULL, false, 0, SPI_OK_UPDATE, "expiring tasks");
 }
 
 /* Ended tasks older than retention_s are removed, up to 10000 at a time. */
@@ -617,17 +649,389 @@ taskq_outbox_remove_ended(int retention_s)
 {
 	Oid			types[1] = {INT4OID};
 	Datum		values[1];
-	int			ret;
 
 	values[0] = Int32GetDatum(retention_s);
-	ret = SPI_execute_plan(taskq_prepare(&retention_plan,
+	execute(taskq_prepare(&retention_plan,
 										 "DELETE FROM taskq.tasks WHERE id OPERATOR(pg_catalog.=) ANY (SELECT id FROM taskq.tasks"
 										 "   WHERE status " TASKQ_SQL_ENDED
 										 "   AND finished_at OPERATOR(pg_catalog.<) (pg_catalog.now()"
 										 "     OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1))"
 										 "   LIMIT 10000 FOR UPDATE SKIP LOCKED)",
 										 1, types),
-						   values, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "taskq: removing old tasks failed");
+			values, NULL, false, 0, SPI_OK_DELETE, "removing old tasks");
+}
+
+/* ----------------------------------------------------------------
+ * The API's statements: cancel, retry, ack, nack, wait, pause, resume
+ * (tasks.c) and the insert (enqueue.c).  They run as the owner of
+ * taskq.tasks, which the caller switched to.
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Who may act on a task, as a condition on t (taskq.tasks) and h (its
+ * handler, LEFT JOINed): $2 is the caller, $3 whether the handler's owner
+ * may act too.  Checked in the statement that locks the rows, so that a
+ * task the caller may not act on is neither locked nor waited for.
+ */
+#define MAY_ACT \
+	" (pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')" \
+	"  OR ($3 AND h.owner IS NOT NULL" \
+	"      AND pg_catalog.pg_has_role($2, h.owner::pg_catalog.oid, 'USAGE')))"
+
+static Statement lock_stmt = {
+	.what = "locking a task", .expect = SPI_OK_SELECT,
+	.nargs = 3, .types = {INT8OID, OIDOID, BOOLOID},
+	.sql = "SELECT t.status::pg_catalog.text AS status, t.owner::pg_catalog.oid AS owner,"
+	" t.handler, t.queue, t.dedupe_key, t.attempts, t.max_attempts"
+	" FROM taskq.tasks t LEFT JOIN taskq.handlers h"
+	"   ON h.name OPERATOR(pg_catalog.=) t.handler"
+	" WHERE t.id OPERATOR(pg_catalog.=) $1 AND" MAY_ACT
+	" FOR UPDATE OF t"
+};
+
+/*
+ * Lock task id if the caller may act on it (MAY_ACT; with
+ * handler_owner_may, also as the owner of its handler) and decode it into
+ * *t.  False, with nothing locked, if there is no such task the caller
+ * may act on: the two cases are one on purpose.
+ */
+bool
+taskq_outbox_lock_task(int64 id, Oid caller, bool handler_owner_may, TaskqLockedTask *t)
+{
+	Datum		values[3] = {Int64GetDatum(id), ObjectIdGetDatum(caller),
+	BoolGetDatum(handler_owner_may)};
+	TupleDesc	desc;
+	HeapTuple	tup;
+	bool		isnull;
+	Datum		d;
+
+	run(&lock_stmt, values, NULL, 1);
+	if (SPI_processed == 0)
+		return false;
+	desc = SPI_tuptable->tupdesc;
+	tup = SPI_tuptable->vals[0];
+	t->id = id;
+	t->status = TextDatumGetCString(value_not_null(tup, desc, column(desc, "status")));
+	t->owner = DatumGetObjectId(value_not_null(tup, desc, column(desc, "owner")));
+	t->handler = TextDatumGetCString(value_not_null(tup, desc, column(desc, "handler")));
+	t->queue = TextDatumGetCString(value_not_null(tup, desc, column(desc, "queue")));
+	d = value_of(tup, desc, column(desc, "dedupe_key"), &isnull);
+	t->dedupe_key = isnull ? NULL : TextDatumGetCString(d);
+	t->attempts = DatumGetInt32(value_not_null(tup, desc, column(desc, "attempts")));
+	t->max_attempts = DatumGetInt32(value_not_null(tup, desc, column(desc, "max_attempts")));
+	return true;
+}
+
+static Statement lock_ackable_stmt = {
+	.what = "locking tasks to acknowledge", .expect = SPI_OK_SELECT,
+	.nargs = 3, .types = {INT8ARRAYOID, OIDOID, BOOLOID},
+	.sql = "SELECT t.id, t.status OPERATOR(pg_catalog.=) 'dispatched' AS dispatched,"
+	" t.handler, t.queue"
+	" FROM taskq.tasks t LEFT JOIN taskq.handlers h"
+	"   ON h.name OPERATOR(pg_catalog.=) t.handler"
+	" WHERE t.id OPERATOR(pg_catalog.=) ANY ($1) AND" MAY_ACT
+	" ORDER BY t.id FOR UPDATE OF t"
+};
+
+/*
+ * Lock, in id order (so that two callers cannot deadlock), the tasks among
+ * ids (an int8[] datum) that the caller may acknowledge, as their owner or
+ * their handler's; they go into *rows (palloc'd).  Returns how many.
+ */
+int
+taskq_outbox_lock_ackable(Datum ids, Oid caller, TaskqAckable **rows)
+{
+	Datum		values[3] = {ids, ObjectIdGetDatum(caller), BoolGetDatum(true)};
+	TupleDesc	desc;
+	int			c_id, c_dispatched, c_handler, c_queue;
+	uint64		i;
+
+	run(&lock_ackable_stmt, values, NULL, 0);
+	desc = SPI_tuptable->tupdesc;
+	c_id = column(desc, "id");
+	c_dispatched = column(desc, "dispatched");
+	c_handler = column(desc, "handler");
+	c_queue = column(desc, "queue");
+	*rows = palloc0(sizeof(TaskqAckable) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TaskqAckable *r = &(*rows)[i];
+
+		r->id = DatumGetInt64(value_not_null(tup, desc, c_id));
+		r->dispatched = DatumGetBool(value_not_null(tup, desc, c_dispatched));
+		r->handler = TextDatumGetCString(value_not_null(tup, desc, c_handler));
+		r->queue = TextDatumGetCString(value_not_null(tup, desc, c_queue));
+	}
+	return (int) SPI_processed;
+}
+
+static Statement cancel_stmt = {
+	.what = "cancelling a task", .expect = SPI_OK_UPDATE,
+	.nargs = 1, .types = {INT8OID},
+	.sql = "UPDATE taskq.tasks SET status = 'cancelled',"
+	" finished_at = pg_catalog.now(), lease_until = NULL"
+	" WHERE id OPERATOR(pg_catalog.=) $1"
+};
+
+/* End a task (locked by the caller) 'cancelled'. */
+void
+taskq_outbox_cancel(int64 id)
+{
+	Datum		values[1] = {Int64GetDatum(id)};
+
+	run(&cancel_stmt, values, NULL, 0);
+}
+
+static Statement live_holder_stmt = {
+	.what = "looking up a dedupe_key", .expect = SPI_OK_SELECT,
+	.nargs = 3, .types = {TEXTOID, TEXTOID, OIDOID},
+	.sql = "SELECT id FROM taskq.tasks"
+	" WHERE handler OPERATOR(pg_catalog.=) $1"
+	" AND dedupe_key OPERATOR(pg_catalog.=) $2"
+	" AND owner::pg_catalog.oid OPERATOR(pg_catalog.=) $3"
+	" AND dedupe_key IS NOT NULL"
+	" AND status " TASKQ_SQL_LIVE
+};
+
+/*
+ * The live task of this role that holds dedupe_key for handler, or 0.
+ * Keys are per enqueuing role, as in tasks_dedupe_idx (whose predicate the
+ * statement repeats, so that the index serves it): enqueue()'s dedupe
+ * lookup and retry()'s refusal share it.
+ */
+int64
+taskq_outbox_live_holder(const char *handler, text *dedupe_key, Oid owner)
+{
+	Datum		values[3] = {CStringGetTextDatum(handler), PointerGetDatum(dedupe_key),
+	ObjectIdGetDatum(owner)};
+	TupleDesc	desc;
+
+	run(&live_holder_stmt, values, NULL, 1);
+	if (SPI_processed == 0)
+		return 0;
+	desc = SPI_tuptable->tupdesc;
+	return DatumGetInt64(value_not_null(SPI_tuptable->vals[0], desc, column(desc, "id")));
+}
+
+static Statement requeue_stmt = {
+	.what = "retrying a task", .expect = SPI_OK_UPDATE,
+	.nargs = 1, .types = {INT8OID},
+	.sql = "UPDATE taskq.tasks SET status = 'queued', attempts = 0,"
+	" run_at = pg_catalog.now(), started_at = NULL, finished_at = NULL,"
+	" lease_until = NULL, worker_pid = NULL,"
+	" expires_at = CASE WHEN expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() THEN NULL ELSE expires_at END"
+	" WHERE id OPERATOR(pg_catalog.=) $1"
+};
+
+/*
+ * Queue an ended task (locked by the caller) again now, with a fresh
+ * attempt budget, and without an expiry already past.  The dedupe index
+ * may refuse it (a unique violation), which the caller handles.
+ */
+void
+taskq_outbox_requeue(int64 id)
+{
+	Datum		values[1] = {Int64GetDatum(id)};
+
+	run(&requeue_stmt, values, NULL, 0);
+}
+
+static Statement ack_stmt = {
+	.what = "acknowledging tasks", .expect = SPI_OK_UPDATE,
+	.nargs = 2, .types = {INT8ARRAYOID, JSONBOID},
+	.sql = "UPDATE taskq.tasks SET status = 'completed', result = $2,"
+	" finished_at = pg_catalog.now(), lease_until = NULL"
+	" WHERE id OPERATOR(pg_catalog.=) ANY ($1)"
+};
+
+/* Complete the tasks ids (an int8[] datum, locked by the caller) with result. */
+void
+taskq_outbox_ack(Datum ids, Datum result, bool result_null)
+{
+	Datum		values[2] = {ids, result};
+	char		nulls[2] = {' ', result_null ? 'n' : ' '};
+
+	run(&ack_stmt, values, nulls, 0);
+}
+
+static Statement nack_stmt = {
+	.what = "rejecting a task", .expect = SPI_OK_UPDATE,
+	.nargs = 3, .types = {INT8OID, TEXTOID, INT8OID},
+	.sql = "UPDATE taskq.tasks SET last_error = $2, lease_until = NULL,"
+	" status = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN 'failed' ELSE 'queued' END::taskq.status,"
+	" finished_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.now() END,"
+	" run_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN run_at"
+	"   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
+	" WHERE id OPERATOR(pg_catalog.=) $1"
+};
+
+/*
+ * A dispatched attempt (locked by the caller) failed with error: the task
+ * is queued again after delay_ms, or with delay_ms < 0 ends 'failed'.
+ */
+void
+taskq_outbox_nack(int64 id, const char *error, int64 delay_ms)
+{
+	Datum		values[3] = {Int64GetDatum(id), CStringGetTextDatum(error),
+	Int64GetDatum(delay_ms)};
+
+	run(&nack_stmt, values, NULL, 0);
+}
+
+static Statement poll_stmt = {
+	.what = "reading a task", .expect = SPI_OK_SELECT,
+	.nargs = 1, .types = {INT8OID},
+	.sql = "SELECT t AS row, NOT (t.status " TASKQ_SQL_LIVE ") AS ended, t.xmin AS xmin"
+	" FROM taskq.tasks t WHERE t.id OPERATOR(pg_catalog.=) $1"
+};
+
+/*
+ * One look at task id with a fresh snapshot, as the caller (wait()):
+ * returns its whole row (a taskq.tasks datum, in the SPI result), whether
+ * it ended, and the transaction that last changed it.  *found is false
+ * when the caller cannot see such a task.
+ */
+Datum
+taskq_outbox_poll(int64 id, bool *found, bool *ended, TransactionId *xmin)
+{
+	Datum		values[1] = {Int64GetDatum(id)};
+	TupleDesc	desc;
+	HeapTuple	tup;
+
+	run(&poll_stmt, values, NULL, 1);
+	*found = SPI_processed > 0;
+	if (!*found)
+		return (Datum) 0;
+	desc = SPI_tuptable->tupdesc;
+	tup = SPI_tuptable->vals[0];
+	*ended = DatumGetBool(value_not_null(tup, desc, column(desc, "ended")));
+	*xmin = DatumGetTransactionId(value_not_null(tup, desc, column(desc, "xmin")));
+	return value_not_null(tup, desc, column(desc, "row"));
+}
+
+static Statement pause_stmt = {
+	.what = "pausing a queue", .expect = SPI_OK_INSERT,
+	.nargs = 1, .types = {TEXTOID},
+	.sql = "INSERT INTO taskq.queues (name, paused, paused_at)"
+	" VALUES ($1, true, pg_catalog.now())"
+	" ON CONFLICT (name) DO UPDATE SET paused = true,"
+	" paused_at = COALESCE(taskq.queues.paused_at, pg_catalog.now())"
+};
+
+static Statement resume_stmt = {
+	.what = "resuming a queue", .expect = SPI_OK_UPDATE,
+	.nargs = 1, .types = {TEXTOID},
+	.sql = "UPDATE taskq.queues SET paused = false, paused_at = NULL"
+	" WHERE name OPERATOR(pg_catalog.=) $1"
+};
+
+/* Mark a queue paused (since the first pause) or not. */
+void
+taskq_outbox_set_paused(const char *queue, bool paused)
+{
+	Datum		values[1] = {CStringGetTextDatum(queue)};
+
+	run(paused ? &pause_stmt : &resume_stmt, values, NULL, 0);
+}
+
+#define INSERT_SQL \
+	"INSERT INTO taskq.tasks (handler, queue, priority, status, payload, metadata," \
+	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key)" \
+	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12)"
+#define INSERT_TYPES \
+	{TEXTOID, TEXTOID, INT4OID, TEXTOID, JSONBOID, JSONBOID, \
+	 TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID}
+
+static Statement insert_stmt = {
+	.what = "inserting a task", .expect = SPI_OK_INSERT_RETURNING,
+	.nargs = 12, .types = INSERT_TYPES,
+	.sql = INSERT_SQL " RETURNING id"
+};
+
+/*
+ * With a dedupe key the insert does nothing when a live task of the same
+ * role holds the key.  The ON CONFLICT names no index: the only unique
+ * index an insert can conflict with is tasks_dedupe_idx (ids come from
+ * the sequence), so the statement does not repeat that index's definition.
+ */
+static Statement insert_dedupe_stmt = {
+	.what = "inserting a task", .expect = SPI_OK_INSERT_RETURNING,
+	.nargs = 12, .types = INSERT_TYPES,
+	.sql = INSERT_SQL " ON CONFLICT DO NOTHING RETURNING id"
+};
+
+/* An interval datum of ms milliseconds. */
+static Datum
+interval_of_ms(int64 ms)
+{
+	Interval   *iv = palloc0(sizeof(Interval));
+
+	iv->time = ms * 1000;
+	return IntervalPGetDatum(iv);
+}
+
+/*
+ * Write one task; returns its id, or 0 when it has a dedupe key that a
+ * live task of its owner holds (then nothing is written: see
+ * taskq_outbox_live_holder for which task).
+ */
+int64
+taskq_outbox_insert(const TaskqNewTask *t)
+{
+	Datum		values[12];
+	char		nulls[12];
+	TupleDesc	desc;
+	int64		id;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(t->handler);
+	values[1] = CStringGetTextDatum(t->queue);
+	values[2] = Int32GetDatum(t->priority);
+	values[3] = CStringGetTextDatum(t->status);
+	values[4] = JsonbPGetDatum(t->payload);
+	values[5] = t->metadata ? JsonbPGetDatum(t->metadata) : (Datum) 0;
+	nulls[5] = t->metadata ? ' ' : 'n';
+	values[6] = TimestampTzGetDatum(t->run_at);
+	values[7] = TimestampTzGetDatum(t->expires_at);
+	nulls[7] = t->has_expires_at ? ' ' : 'n';
+	values[8] = Int32GetDatum(t->max_attempts);
+	values[9] = interval_of_ms(t->timeout_ms);
+	values[10] = ObjectIdGetDatum(t->owner);
+	values[11] = t->dedupe_key ? PointerGetDatum(t->dedupe_key) : (Datum) 0;
+	nulls[11] = t->dedupe_key ? ' ' : 'n';
+
+	run(t->dedupe_key ? &insert_dedupe_stmt : &insert_stmt, values, nulls, 1);
+	desc = SPI_tuptable->tupdesc;
+	id = SPI_processed == 0 ? 0 :
+		DatumGetInt64(value_not_null(SPI_tuptable->vals[0], desc, column(desc, "id")));
+	/* enqueue_many() inserts many rows under one SPI connection */
+	SPI_freetuptable(SPI_tuptable);
+	return id;
+}
+
+static Statement finish_sync_stmt = {
+	.what = "recording a sync outcome", .expect = SPI_OK_UPDATE,
+	.nargs = 4, .types = {INT8OID, TEXTOID, JSONBOID, INT4OID},
+	.sql = "UPDATE taskq.tasks SET status = $2::taskq.status, result = $3,"
+	" attempts = 1, started_at = pg_catalog.now(),"
+	" finished_at = CASE WHEN $2 OPERATOR(pg_catalog.=) 'completed' THEN pg_catalog.now() END,"
+	" lease_until = CASE WHEN $2 OPERATOR(pg_catalog.=) 'dispatched'"
+	"   THEN pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $4 OPERATOR(pg_catalog./) 1000.0) END"
+	" WHERE id OPERATOR(pg_catalog.=) $1"
+};
+
+/*
+ * Record the outcome of a sync-mode run on its row: 'completed' with its
+ * result, or 'dispatched' with a lease of ack_timeout_ms.
+ */
+void
+taskq_outbox_finish_sync(int64 id, const TaskqOutcome *out, int ack_timeout_ms)
+{
+	Datum		values[4] = {Int64GetDatum(id), CStringGetTextDatum(out->status),
+	out->result, Int32GetDatum(ack_timeout_ms)};
+	char		nulls[4] = {' ', ' ', out->result_null ? 'n' : ' ', ' '};
+
+	run(&finish_sync_stmt, values, nulls, 0);
 }

@@ -8,7 +8,8 @@
  *	taskq.c       _PG_init and the GUCs
  *	common.c      helpers every SQL-facing file shares (calls no other file)
  *	shmem.c       shared state: worker slots, wake-ups, crash suspects, counters
- *	outbox.c      the statements on taskq.tasks and the decoding of their rows
+ *	outbox.c      every statement on taskq.tasks and taskq.queues, and the
+ *	              decoding of their rows into C values
  *	enqueue.c     option resolution, validation, policies, the outbox insert
  *	handlers.c    the handler registry
  *	tasks.c       cancel, retry, ack, nack, wait, pause, resume
@@ -364,6 +365,61 @@ extern void taskq_outbox_delay(int64 id, int64 delay_ms);
 extern void taskq_outbox_expire_leases(TaskqLeaseFn each);
 extern void taskq_outbox_expire_tasks(void);
 extern void taskq_outbox_remove_ended(int retention_s);
+
+/* The API's statements (outbox.c), as tasks.c and enqueue.c call them. */
+
+/* A task row, locked, as cancel(), retry() and nack() need it. */
+typedef struct TaskqLockedTask
+{
+	int64		id;
+	char	   *status;
+	Oid			owner;
+	char	   *handler;
+	char	   *queue;
+	char	   *dedupe_key;		/* NULL when none */
+	int			attempts;
+	int			max_attempts;
+} TaskqLockedTask;
+
+/* A task that ack() may complete: locked, with what the counters need. */
+typedef struct TaskqAckable
+{
+	int64		id;
+	bool		dispatched;
+	char	   *handler;
+	char	   *queue;
+} TaskqAckable;
+
+/* A row for taskq.tasks, with its options resolved (enqueue.c). */
+typedef struct TaskqNewTask
+{
+	const char *handler;
+	const char *queue;
+	int			priority;
+	const char *status;			/* 'queued', or 'running' for sync mode */
+	Jsonb	   *payload;
+	Jsonb	   *metadata;		/* or NULL */
+	TimestampTz run_at;
+	bool		has_expires_at;
+	TimestampTz expires_at;
+	int			max_attempts;
+	int64		timeout_ms;
+	Oid			owner;
+	text	   *dedupe_key;		/* or NULL */
+} TaskqNewTask;
+
+extern bool taskq_outbox_lock_task(int64 id, Oid caller, bool handler_owner_may,
+								   TaskqLockedTask *t);
+extern int	taskq_outbox_lock_ackable(Datum ids, Oid caller, TaskqAckable **rows);
+extern void taskq_outbox_cancel(int64 id);
+extern int64 taskq_outbox_live_holder(const char *handler, text *dedupe_key, Oid owner);
+extern void taskq_outbox_requeue(int64 id);
+extern void taskq_outbox_ack(Datum ids, Datum result, bool result_null);
+extern void taskq_outbox_nack(int64 id, const char *error, int64 delay_ms);
+extern Datum taskq_outbox_poll(int64 id, bool *found, bool *ended, TransactionId *xmin);
+extern void taskq_outbox_set_paused(const char *queue, bool paused);
+extern int64 taskq_outbox_insert(const TaskqNewTask *t);
+extern void taskq_outbox_finish_sync(int64 id, const TaskqOutcome *out, int ack_timeout_ms);
 
 /*
  * What a handler kind is (executors.c): everything that differs between

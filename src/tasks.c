@@ -16,6 +16,10 @@
  * waiting for its row lock), so no call tells a role whether another
  * role's task exists.
  *
+ * The statements and the decoding of their rows are outbox.c's; this file
+ * keeps the rules: which status allows what, the errors, the wake-ups and
+ * counters.
+ *
  *-------------------------------------------------------------------------
  */
 #include "taskq.h"
@@ -39,30 +43,10 @@ PG_FUNCTION_INFO_V1(taskq_wait);
 PG_FUNCTION_INFO_V1(taskq_pause);
 PG_FUNCTION_INFO_V1(taskq_resume);
 
-static SPIPlanPtr lock_plan = NULL;
-static SPIPlanPtr cancel_plan = NULL;
-static SPIPlanPtr retry_plan = NULL;
-static SPIPlanPtr live_dupe_plan = NULL;
-static SPIPlanPtr nack_plan = NULL;
-static SPIPlanPtr lock_many_plan = NULL;
-static SPIPlanPtr ack_many_plan = NULL;
-static SPIPlanPtr wait_plan = NULL;
-static SPIPlanPtr pause_plan = NULL;
-static SPIPlanPtr resume_plan = NULL;
-
-/* A task row, locked, as the operations need it. */
-typedef struct LockedTask
-{
-	int64		id;
-	char	   *status;
-	Oid			owner;
-	char	   *handler;
-	char	   *queue;
-	char	   *dedupe_key;
-	int			attempts;
-	int			max_attempts;
-} LockedTask;
-
+/*
+ * The argument id of cancel(), retry(), ack(), nack() and wait(): NULL is
+ * refused with the same words by all of them.
+ */
 static int64
 id_arg(FunctionCallInfo fcinfo)
 {
@@ -90,59 +74,19 @@ task_not_found(int64 id)
 }
 
 /*
- * Who may act on a task, as a condition on t (taskq.tasks) and h (its
- * handler, LEFT JOINed): $2 is the caller, $3 whether the handler's owner
- * may act too.  Checked in the statement that locks the rows, so that a
- * task the caller may not act on is neither locked nor waited for.
- */
-#define MAY_ACT \
-	" (pg_catalog.pg_has_role($2, t.owner::pg_catalog.oid, 'USAGE')" \
-	"  OR ($3 AND h.owner IS NOT NULL" \
-	"      AND pg_catalog.pg_has_role($2, h.owner::pg_catalog.oid, 'USAGE')))"
-
-/*
- * Lock a task that the caller may act on (see MAY_ACT), or raise "does not
- * exist".  Runs as the owner of taskq.tasks.
+ * Lock a task that the caller may act on (see outbox.c's MAY_ACT), or
+ * raise "does not exist".  Runs as the owner of taskq.tasks.
  */
 static void
-lock_task(int64 id, Oid caller, bool handler_owner_may, LockedTask *t)
+lock_task(int64 id, Oid caller, bool handler_owner_may, TaskqLockedTask *t)
 {
-	Oid			types[3] = {INT8OID, OIDOID, BOOLOID};
-	Datum		values[3] = {Int64GetDatum(id), ObjectIdGetDatum(caller),
-	BoolGetDatum(handler_owner_may)};
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	Datum		d;
-
-	if (SPI_execute_plan(taskq_prepare(&lock_plan,
-									   "SELECT t.status::pg_catalog.text, t.owner::pg_catalog.oid,"
-									   " t.handler, t.queue, t.dedupe_key,"
-									   " t.attempts, t.max_attempts"
-									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
-									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
-									   " WHERE t.id OPERATOR(pg_catalog.=) $1 AND" MAY_ACT
-									   " FOR UPDATE OF t",
-									   3, types),
-						 values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: could not read taskq.tasks");
-	if (SPI_processed == 0)
+	if (!taskq_outbox_lock_task(id, caller, handler_owner_may, t))
 		task_not_found(id);
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	t->id = id;
-	t->status = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-	t->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
-	t->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-	t->queue = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-	d = SPI_getbinval(tup, desc, 5, &isnull);
-	t->dedupe_key = isnull ? NULL : TextDatumGetCString(d);
-	t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-	t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
 }
 
+/* Whether the locked task's status is one of a, b, c (NULLs ignored). */
 static bool
-status_is(const LockedTask *t, const char *a, const char *b, const char *c)
+status_is(const TaskqLockedTask *t, const char *a, const char *b, const char *c)
 {
 	return strcmp(t->status, a) == 0 || (b && strcmp(t->status, b) == 0) ||
 		(c && strcmp(t->status, c) == 0);
@@ -159,23 +103,15 @@ taskq_cancel(PG_FUNCTION_ARGS)
 	int64		id = id_arg(fcinfo);
 	Oid			caller = taskq_caller();
 	TaskqAsOwner save;
-	LockedTask	t;
+	TaskqLockedTask	t;
 	bool		done = false;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(id)};
 
 	SPI_connect();
 	taskq_become_owner(&save);
 	lock_task(id, caller, false, &t);
 	if (status_is(&t, "queued", "running", "dispatched"))
 	{
-		if (SPI_execute_plan(taskq_prepare(&cancel_plan,
-										   "UPDATE taskq.tasks SET status = 'cancelled',"
-										   " finished_at = pg_catalog.now(), lease_until = NULL"
-										   " WHERE id OPERATOR(pg_catalog.=) $1",
-										   1, types),
-							 values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "taskq: could not cancel task " INT64_FORMAT, id);
+		taskq_outbox_cancel(id);
 		if (strcmp(t.status, "running") == 0)
 			taskq_request_interrupt_at_commit(id);
 		done = true;
@@ -192,28 +128,16 @@ taskq_cancel(PG_FUNCTION_ARGS)
  * owner can see.)
  */
 static void
-refuse_if_key_live(const LockedTask *t)
+refuse_if_key_live(const TaskqLockedTask *t)
 {
-	Oid			types[3] = {TEXTOID, TEXTOID, OIDOID};
-	Datum		values[3];
-	bool		isnull;
+	int64		holder = taskq_outbox_live_holder(t->handler, cstring_to_text(t->dedupe_key),
+												  t->owner);
 
-	values[0] = CStringGetTextDatum(t->handler);
-	values[1] = CStringGetTextDatum(t->dedupe_key);
-	values[2] = ObjectIdGetDatum(t->owner);
-	if (SPI_execute_plan(taskq_prepare(&live_dupe_plan,
-									   "SELECT id FROM taskq.tasks WHERE handler OPERATOR(pg_catalog.=) $1"
-									   " AND dedupe_key OPERATOR(pg_catalog.=) $2"
-									   " AND owner::pg_catalog.oid OPERATOR(pg_catalog.=) $3"
-									   " AND status " TASKQ_SQL_LIVE,
-									   3, types),
-						 values, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: could not read taskq.tasks");
-	if (SPI_processed > 0)
+	if (holder != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("cannot retry task " INT64_FORMAT ": task " INT64_FORMAT " with the same dedupe_key is still live",
-						t->id, DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull))),
+						t->id, holder),
 				 errhint("Wait for that task to end, or cancel it.")));
 }
 
@@ -224,10 +148,8 @@ refuse_if_key_live(const LockedTask *t)
  * the check's (in a subtransaction, so the error is ours to report).
  */
 static void
-requeue_for_retry(const LockedTask *t)
+requeue_for_retry(const TaskqLockedTask *t)
 {
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(t->id)};
 	MemoryContext oldcontext = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	volatile bool conflict = false;
@@ -236,15 +158,7 @@ requeue_for_retry(const LockedTask *t)
 	MemoryContextSwitchTo(oldcontext);
 	PG_TRY();
 	{
-		if (SPI_execute_plan(taskq_prepare(&retry_plan,
-										   "UPDATE taskq.tasks SET status = 'queued', attempts = 0,"
-										   " run_at = pg_catalog.now(), started_at = NULL, finished_at = NULL,"
-										   " lease_until = NULL, worker_pid = NULL,"
-										   " expires_at = CASE WHEN expires_at OPERATOR(pg_catalog.<=) pg_catalog.now() THEN NULL ELSE expires_at END"
-										   " WHERE id OPERATOR(pg_catalog.=) $1",
-										   1, types),
-							 values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "taskq: could not retry task " INT64_FORMAT, t->id);
+		taskq_outbox_requeue(t->id);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
@@ -275,7 +189,7 @@ requeue_for_retry(const LockedTask *t)
  * live tasks) and no later registration of the name inherits it.
  */
 static void
-refuse_if_handler_gone(const LockedTask *t)
+refuse_if_handler_gone(const TaskqLockedTask *t)
 {
 	TaskqHandler h;
 
@@ -297,7 +211,7 @@ taskq_retry(PG_FUNCTION_ARGS)
 	int64		id = id_arg(fcinfo);
 	Oid			caller = taskq_caller();
 	TaskqAsOwner save;
-	LockedTask	t;
+	TaskqLockedTask	t;
 	bool		done = false;
 
 	SPI_connect();
@@ -333,52 +247,25 @@ acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
 {
 	Oid			caller = taskq_caller();
 	TaskqAsOwner save;
+	TaskqAckable *rows;
+	int			nrows;
 	int			i;
 	int			nacked = 0;
 	Datum	   *acked;
-	char	  **queues;
-	char	  **handlers;
-	Oid			types[3] = {INT8ARRAYOID, OIDOID, BOOLOID};
-	Oid			ack_types[2] = {INT8ARRAYOID, JSONBOID};
-	Datum		values[3];
-	char		nulls[2] = {' ', ' '};
 	ArrayType  *result;
 	MemoryContext callctx = CurrentMemoryContext;
 	MemoryContext oldcontext;
 
 	SPI_connect();
 	taskq_become_owner(&save);
-	values[0] = PointerGetDatum(ids);
-	values[1] = ObjectIdGetDatum(caller);
-	values[2] = BoolGetDatum(true);
-	if (SPI_execute_plan(taskq_prepare(&lock_many_plan,
-									   "SELECT t.id, t.status::pg_catalog.text, t.handler, t.queue"
-									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
-									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
-									   " WHERE t.id OPERATOR(pg_catalog.=) ANY ($1) AND" MAY_ACT
-									   " ORDER BY t.id FOR UPDATE OF t",
-									   3, types),
-						 values, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: could not read taskq.tasks");
-	if (must_exist != NULL && SPI_processed == 0)
+	nrows = taskq_outbox_lock_ackable(PointerGetDatum(ids), caller, &rows);
+	if (must_exist != NULL && nrows == 0)
 		task_not_found(*must_exist);
 
-	acked = MemoryContextAlloc(callctx, sizeof(Datum) * Max(SPI_processed, 1));
-	queues = MemoryContextAlloc(callctx, sizeof(char *) * Max(SPI_processed, 1));
-	handlers = MemoryContextAlloc(callctx, sizeof(char *) * Max(SPI_processed, 1));
-	for (i = 0; i < (int) SPI_processed; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		if (strcmp(TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)), "dispatched") != 0)
-			continue;
-		acked[nacked] = SPI_getbinval(tup, desc, 1, &isnull);
-		handlers[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)));
-		queues[nacked] = MemoryContextStrdup(callctx, TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull)));
-		nacked++;
-	}
+	acked = palloc(sizeof(Datum) * Max(nrows, 1));
+	for (i = 0; i < nrows; i++)
+		if (rows[i].dispatched)
+			acked[nacked++] = Int64GetDatum(rows[i].id);
 
 	/* in the caller's context: SPI_finish frees ours */
 	oldcontext = MemoryContextSwitchTo(callctx);
@@ -386,24 +273,22 @@ acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
 	MemoryContextSwitchTo(oldcontext);
 	if (nacked > 0)
 	{
-		values[0] = PointerGetDatum(result);
-		values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
-		nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
-		if (SPI_execute_plan(taskq_prepare(&ack_many_plan,
-										   "UPDATE taskq.tasks SET status = 'completed', result = $2,"
-										   " finished_at = pg_catalog.now(), lease_until = NULL"
-										   " WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
-										   2, ack_types),
-							 values, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "taskq: could not acknowledge tasks");
-		for (i = 0; i < nacked; i++)
-			taskq_count_outcome(MyDatabaseId, queues[i], handlers[i], 1, 0, 0);
+		taskq_outbox_ack(PointerGetDatum(result),
+						 PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1), PG_ARGISNULL(1));
+		for (i = 0; i < nrows; i++)
+			if (rows[i].dispatched)
+				taskq_count_outcome(MyDatabaseId, rows[i].queue, rows[i].handler, 1, 0, 0);
 	}
 	taskq_restore_user(&save);
 	SPI_finish();
 	return result;
 }
 
+/*
+ * taskq.ack_many(ids, result): acknowledge what a listener received, in
+ * one call; see acknowledge().  The ids must be a one-dimensional array
+ * without NULLs.
+ */
 Datum
 taskq_ack_many(PG_FUNCTION_ARGS)
 {
@@ -464,12 +349,10 @@ taskq_nack(PG_FUNCTION_ARGS)
 	int64		id = id_arg(fcinfo);
 	Oid			caller = taskq_caller();
 	TaskqAsOwner save;
-	LockedTask	t;
+	TaskqLockedTask	t;
 	bool		done = false;
 	int64		delay_ms;
 	char	   *error;
-	Oid			types[3] = {INT8OID, TEXTOID, INT8OID};
-	Datum		values[3];
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -490,19 +373,7 @@ taskq_nack(PG_FUNCTION_ARGS)
 
 		if (delay_ms < 0)
 			delay_ms = taskq_backoff_ms(t.attempts);
-		values[0] = Int64GetDatum(id);
-		values[1] = CStringGetTextDatum(error);
-		values[2] = Int64GetDatum(final ? -1 : delay_ms);
-		if (SPI_execute_plan(taskq_prepare(&nack_plan,
-										   "UPDATE taskq.tasks SET last_error = $2, lease_until = NULL,"
-										   " status = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN 'failed' ELSE 'queued' END::taskq.status,"
-										   " finished_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN pg_catalog.now() END,"
-										   " run_at = CASE WHEN $3 OPERATOR(pg_catalog.<) 0 THEN run_at"
-										   "   ELSE pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0) END"
-										   " WHERE id OPERATOR(pg_catalog.=) $1",
-										   3, types),
-							 values, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "taskq: could not reject task " INT64_FORMAT, id);
+		taskq_outbox_nack(id, error, final ? -1 : delay_ms);
 		taskq_count_outcome(MyDatabaseId, t.queue, t.handler, 0, final ? 1 : 0, final ? 0 : 1);
 		if (!final)
 			taskq_request_wakeup_at_commit(1);
@@ -526,8 +397,6 @@ taskq_wait(PG_FUNCTION_ARGS)
 	int64		timeout_ms;
 	TimestampTz deadline;
 	long		sleep_ms = 1;
-	Oid			types[1] = {INT8OID};
-	Datum		values[1] = {Int64GetDatum(id)};
 	Datum		row;
 	int			gucnest;
 
@@ -549,21 +418,13 @@ taskq_wait(PG_FUNCTION_ARGS)
 	gucnest = taskq_restrict_search_path();
 	for (;;)
 	{
-		bool		isnull;
+		bool		found;
 		bool		ended;
 		TransactionId xmin;
 
-		if (SPI_execute_plan(taskq_prepare(&wait_plan,
-										   "SELECT t, NOT (t.status " TASKQ_SQL_LIVE "), t.xmin"
-										   " FROM taskq.tasks t WHERE t.id OPERATOR(pg_catalog.=) $1",
-										   1, types),
-							 values, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "taskq: could not read taskq.tasks");
-		if (SPI_processed == 0)
+		row = taskq_outbox_poll(id, &found, &ended, &xmin);
+		if (!found)
 			task_not_found(id);
-		row = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		ended = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		xmin = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 		if (ended || GetCurrentTimestamp() >= deadline)
 			break;
 		if (TransactionIdIsCurrentTransactionId(xmin))
@@ -583,6 +444,7 @@ taskq_wait(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(row);
 }
 
+/* The queue argument of pause() and resume(), checked as a name. */
 static char *
 queue_arg(FunctionCallInfo fcinfo)
 {
@@ -598,30 +460,19 @@ queue_arg(FunctionCallInfo fcinfo)
 	return queue;
 }
 
+/*
+ * pause() and resume(), as the owner of taskq.queues (application roles
+ * may not write it); a resume wakes the dispatchers at commit, since the
+ * queue's tasks may be due.
+ */
 static void
 set_queue_paused(const char *queue, bool paused)
 {
 	TaskqAsOwner save;
-	Oid			types[1] = {TEXTOID};
-	Datum		values[1];
 
-	values[0] = CStringGetTextDatum(queue);
 	SPI_connect();
 	taskq_become_owner(&save);
-	if (paused)
-		SPI_execute_plan(taskq_prepare(&pause_plan,
-									   "INSERT INTO taskq.queues (name, paused, paused_at)"
-									   " VALUES ($1, true, pg_catalog.now())"
-									   " ON CONFLICT (name) DO UPDATE SET paused = true,"
-									   " paused_at = COALESCE(taskq.queues.paused_at, pg_catalog.now())",
-									   1, types),
-						 values, NULL, false, 0);
-	else
-		SPI_execute_plan(taskq_prepare(&resume_plan,
-									   "UPDATE taskq.queues SET paused = false, paused_at = NULL"
-									   " WHERE name OPERATOR(pg_catalog.=) $1",
-									   1, types),
-						 values, NULL, false, 0);
+	taskq_outbox_set_paused(queue, paused);
 	taskq_restore_user(&save);
 	SPI_finish();
 	if (!paused)
