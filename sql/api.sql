@@ -88,6 +88,34 @@ SELECT taskq.cancel(:second_id);
 SELECT taskq.retry(:first_id);
 SELECT id - :first_id AS nth, status, payload FROM taskq.tasks WHERE dedupe_key = 'api-key' ORDER BY id;
 
+-- an error inside retry()'s own subtransaction (here a trigger's) reaches
+-- a caller that catches it with its transaction state intact: the
+-- caller's block rolls back its own work, and the session goes on
+SELECT taskq.enqueue('api_fn', '{"retry": "refused by trigger"}') AS id \gset
+SELECT taskq.cancel(:id);
+CREATE FUNCTION public.api_refuse_requeue() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN RAISE EXCEPTION 'requeue refused'; END$$;
+CREATE TRIGGER api_refuse_requeue BEFORE UPDATE ON taskq.tasks
+    FOR EACH ROW WHEN (NEW.status = 'queued' AND NEW.payload @> '{"retry": "refused by trigger"}')
+    EXECUTE FUNCTION public.api_refuse_requeue();
+CREATE TEMP TABLE api_caught (n int);
+DO $$
+BEGIN
+    BEGIN
+        INSERT INTO api_caught VALUES (1);
+        PERFORM taskq.retry(id) FROM taskq.tasks WHERE payload @> '{"retry": "refused by trigger"}';
+    EXCEPTION WHEN raise_exception THEN
+        RAISE NOTICE 'caught: %', SQLERRM;
+    END;
+    INSERT INTO api_caught VALUES (2);
+END
+$$;
+SELECT n FROM api_caught ORDER BY n;
+SELECT status FROM taskq.tasks WHERE id = :id;
+DROP TRIGGER api_refuse_requeue ON taskq.tasks;
+DROP FUNCTION public.api_refuse_requeue();
+SELECT txid_current_if_assigned() IS NULL AS no_open_transaction;
+
 -- an unknown id
 SELECT taskq.retry(999999999);
 

@@ -148,6 +148,16 @@ SELECT taskq.enqueue('enq_fn', '{"dedupe": 4}', dedupe_key => 'enq-key') AS seco
 SELECT :second_id > :first_id AS new_id;
 SELECT handler, status, payload FROM taskq.tasks WHERE dedupe_key = 'enq-key' ORDER BY id;
 
+-- the dedupe insert gives way to the dedupe index only: a clash on the
+-- primary key (the sequence set back onto an existing id) is an error,
+-- not a row silently skipped under another id
+SELECT setval('taskq.tasks_id_seq', max(id) - 1) > 0 AS set_back FROM taskq.tasks;
+\set VERBOSITY terse
+SELECT taskq.enqueue('enq_fn', '{"dedupe": "pk clash"}', dedupe_key => 'enq-pk-clash');
+\set VERBOSITY default
+SELECT count(*) FROM taskq.tasks WHERE dedupe_key = 'enq-pk-clash';
+SELECT setval('taskq.tasks_id_seq', max(id)) > 0 AS restored FROM taskq.tasks;
+
 -- a dedupe_key of 512 bytes is the longest
 SELECT taskq.enqueue('enq_fn', '{"dedupe": "long"}', dedupe_key => repeat('k', 512)) > 0 AS enqueued;
 

@@ -13,6 +13,7 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "access/table.h"
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
@@ -38,31 +39,40 @@ taskq_caller(void)
 	return GetUserId();
 }
 
+static char *extension_version(bool *uncommitted);
+
 /*
  * Refuse to work on SQL objects of another version than this library
  * serves (a new library installed and the server restarted, ALTER
  * EXTENSION taskq UPDATE not yet run): its statements would fail on them
- * in ways that say nothing useful.  Checked once per installation of the
- * extension in a backend: the outbox's oid changes with DROP/CREATE
- * EXTENSION, and ALTER EXTENSION UPDATE is the only other way the version
- * moves, after which the check passes for good.
+ * in ways that say nothing useful.
+ *
+ * Checked once per installation of the extension in a backend: the
+ * outbox's oid changes with DROP/CREATE EXTENSION, and ALTER EXTENSION
+ * UPDATE is the only other way the version moves, after which the check
+ * passes for good.  But only a committed version is remembered: one that
+ * this transaction wrote (CREATE or ALTER EXTENSION in it) may yet be
+ * rolled back, to a savepoint or entirely, and PostgreSQL 15 sends no
+ * invalidation for pg_extension that would tell us.  Such a transaction
+ * checks at every call instead.
  */
 static void
 check_objects_version(Oid tasks_rel)
 {
 	static Oid	checked_rel = InvalidOid;
 	char	   *found;
+	bool		uncommitted;
 
 	if (tasks_rel == checked_rel)
 		return;
-	found = taskq_extension_version();
+	found = extension_version(&uncommitted);
 	if (found != NULL && strcmp(found, TASKQ_VERSION) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("taskq's SQL objects in this database are at version %s, but the loaded library is %s",
 						found, TASKQ_VERSION),
 				 errhint("Run ALTER EXTENSION taskq UPDATE.")));
-	checked_rel = tasks_rel;
+	checked_rel = uncommitted ? InvalidOid : tasks_rel;
 }
 
 /*
@@ -306,12 +316,25 @@ taskq_backoff_ms(int attempt)
 char *
 taskq_extension_version(void)
 {
+	bool		uncommitted;
+
+	return extension_version(&uncommitted);
+}
+
+/*
+ * taskq_extension_version(), and whether the pg_extension row it read was
+ * written by the current transaction (so not committed yet).
+ */
+static char *
+extension_version(bool *uncommitted)
+{
 	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tup;
 	char	   *version = NULL;
 
+	*uncommitted = false;
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
 				F_NAMEEQ, CStringGetDatum("taskq"));
@@ -325,6 +348,7 @@ taskq_extension_version(void)
 
 		if (!isnull)
 			version = text_to_cstring(DatumGetTextPP(d));
+		*uncommitted = TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetXmin(tup->t_data));
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);

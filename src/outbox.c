@@ -952,14 +952,18 @@ static Statement insert_stmt = {
 
 /*
  * With a dedupe key the insert does nothing when a live task of the same
- * role holds the key.  The ON CONFLICT names no index: the only unique
- * index an insert can conflict with is tasks_dedupe_idx (ids come from
- * the sequence), so the statement does not repeat that index's definition.
+ * role holds the key.  The ON CONFLICT names tasks_dedupe_idx by its
+ * columns and predicate, so that only that index gives way: a conflict on
+ * any other unique index (the primary key, with the sequence set back)
+ * is an error, not a row silently left out.
  */
 static Statement insert_dedupe_stmt = {
 	.what = "inserting a task", .expect = SPI_OK_INSERT_RETURNING,
 	.nargs = 12, .types = INSERT_TYPES,
-	.sql = INSERT_SQL " ON CONFLICT DO NOTHING RETURNING id"
+	.sql = INSERT_SQL
+	" ON CONFLICT (handler, dedupe_key, owner)"
+	" WHERE dedupe_key IS NOT NULL AND status " TASKQ_SQL_LIVE
+	" DO NOTHING RETURNING id"
 };
 
 /* An interval datum of ms milliseconds. */

@@ -145,7 +145,11 @@ refuse_if_key_live(const TaskqLockedTask *t)
  * Queue an ended task again.  With a dedupe key, a concurrent enqueue of
  * the same key may commit between our check and our update; the unique
  * index then refuses the update, which we turn into the same message as
- * the check's (in a subtransaction, so the error is ours to report).
+ * the check's (in a subtransaction, so the error is ours to report).  Any
+ * other error is rethrown only after our subtransaction is rolled back:
+ * rethrown from inside it, a caller that catches errors (a PL/pgSQL
+ * EXCEPTION block) would roll back our subtransaction instead of its own
+ * and go on in a transaction state that is not the one it thinks.
  */
 static void
 requeue_for_retry(const TaskqLockedTask *t)
@@ -169,12 +173,12 @@ requeue_for_retry(const TaskqLockedTask *t)
 
 		MemoryContextSwitchTo(oldcontext);
 		edata = CopyErrorData();
-		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION || t->dedupe_key == NULL)
-			PG_RE_THROW();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcontext);
 		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION || t->dedupe_key == NULL)
+			ReThrowError(edata);
 		conflict = true;
 	}
 	PG_END_TRY();
