@@ -325,3 +325,48 @@ SELECT count(*) FROM taskq.handlers WHERE name = 'hd_bad';
 -- an argument type that does not exist
 SELECT taskq.register_handler('hd_bad', 'app.record(no_such_type)');
 SELECT count(*) FROM taskq.handlers WHERE name = 'hd_bad';
+
+------------------------------------------------------------------------
+-- enqueue() keeps registrations per session: every change is seen
+------------------------------------------------------------------------
+
+-- a registration changed after an enqueue is used by the next one
+SELECT taskq.register_handler('hd_cache', 'app.record', priority => 1);
+SELECT taskq.enqueue('hd_cache', '{}') AS id \gset
+SELECT priority FROM taskq.tasks WHERE id = :id;
+SELECT taskq.register_handler('hd_cache', 'app.record', priority => 2);
+SELECT taskq.enqueue('hd_cache', '{}') AS id \gset
+SELECT priority FROM taskq.tasks WHERE id = :id;
+
+-- a change rolled back (entirely, or to a savepoint) is forgotten
+BEGIN;
+SELECT taskq.register_handler('hd_cache', 'app.record', priority => 3);
+SELECT taskq.enqueue('hd_cache', '{}') AS id \gset
+SELECT priority FROM taskq.tasks WHERE id = :id;
+ROLLBACK;
+SELECT taskq.enqueue('hd_cache', '{}') AS id \gset
+SELECT priority FROM taskq.tasks WHERE id = :id;
+BEGIN;
+SAVEPOINT s;
+SELECT taskq.register_handler('hd_cache', 'app.record', priority => 4);
+SELECT taskq.enqueue('hd_cache', '{}') AS id \gset
+SELECT priority FROM taskq.tasks WHERE id = :id;
+ROLLBACK TO SAVEPOINT s;
+SELECT taskq.enqueue('hd_cache', '{}') AS id \gset
+SELECT priority FROM taskq.tasks WHERE id = :id;
+COMMIT;
+
+-- a change and an enqueue in one statement
+DO $$
+DECLARE
+    task bigint;
+BEGIN
+    PERFORM taskq.register_handler('hd_cache', 'app.record', priority => 5);
+    task := taskq.enqueue('hd_cache', '{}');
+    RAISE NOTICE 'priority %', (SELECT priority FROM taskq.tasks WHERE id = task);
+END
+$$;
+
+-- an unregistered handler is refused at once
+SELECT taskq.unregister_handler('hd_cache');
+SELECT taskq.enqueue('hd_cache', '{}');

@@ -55,6 +55,7 @@ typedef struct EnqueueOptions
 	int			mode;
 	Jsonb	   *metadata;
 	Oid			owner;			/* the calling role, read before any switch */
+	bool		blocked;		/* taskq.block_handlers names the handler */
 } EnqueueOptions;
 
 static bool warned_no_dispatch = false;
@@ -228,6 +229,8 @@ check_metadata(FunctionCallInfo fcinfo, EnqueueOptions *o)
 				 errhint("For example '{\"trace_id\": \"abc\"}'.")));
 }
 
+static bool handler_blocked(const char *name);
+
 /*
  * Resolve and check every option of an enqueue call, in argument order,
  * so the first bad one is the one reported.  Arguments 0 and 1 (handler,
@@ -250,6 +253,7 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 	resolve_expires_at(fcinfo, o);
 	resolve_mode(fcinfo, o);
 	check_metadata(fcinfo, o);
+	o->blocked = handler_blocked(handler_name);
 }
 
 /* index: 1-based position in enqueue_many's array, 0 for enqueue() */
@@ -422,10 +426,12 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 
 /*
  * Enqueue one payload with resolved options.  Returns the task id, or
- * -1 when a policy dropped it.  The caller has SPI connected.
+ * -1 when a policy dropped it.  The caller has SPI connected, and with
+ * owner_held already acts as the owner of taskq.tasks (enqueue_many() in
+ * async mode switches once for all its payloads).
  */
 static int64
-enqueue_one(EnqueueOptions *o, Jsonb *payload)
+enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 {
 	TaskqAsOwner save;
 	bool		inserted;
@@ -437,7 +443,7 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 				 errmsg("taskq.enqueue() called for handler \"%s\" while taskq.policy is assert_none",
 						o->handler.name),
 				 errdetail("This code path was asserted to have no side effects.")));
-	if (taskq_policy == TASKQ_POLICY_DROP || handler_blocked(o->handler.name))
+	if (taskq_policy == TASKQ_POLICY_DROP || o->blocked)
 	{
 		trace_enqueue(o, taskq_policy == TASKQ_POLICY_DROP ? "dropped (policy)" : "dropped (blocked)", 0);
 		return -1;
@@ -447,9 +453,11 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 
 	if (o->mode == TASKQ_MODE_ASYNC)
 	{
-		taskq_become_owner(&save);
+		if (!owner_held)
+			taskq_become_owner(&save);
 		id = insert_task(o, payload, "queued", &inserted);
-		taskq_restore_user(&save);
+		if (!owner_held)
+			taskq_restore_user(&save);
 		if (inserted)
 		{
 			taskq_request_wakeup_at_commit(1);
@@ -464,6 +472,7 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 	 * Sync: write the row as running, run the handler here, as the caller,
 	 * and record its outcome.  An error rolls all three back together.
 	 */
+	Assert(!owner_held);
 	if (!o->handler.enabled)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -535,7 +544,7 @@ taskq_enqueue(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	resolve_options(fcinfo, name, &o);
-	id = enqueue_one(&o, payload);
+	id = enqueue_one(&o, payload, false);
 	SPI_finish();
 
 	if (id < 0)
@@ -561,6 +570,8 @@ taskq_enqueue_many(PG_FUNCTION_ARGS)
 	Tuplestorestate *store;
 	TupleDesc	desc;
 	MemoryContext row_ctx;
+	TaskqAsOwner save;
+	bool		owner_held;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -594,10 +605,13 @@ taskq_enqueue_many(PG_FUNCTION_ARGS)
 	resolve_options(fcinfo, name, &o);
 	row_ctx = AllocSetContextCreate(CurrentMemoryContext, "taskq enqueue_many row",
 									ALLOCSET_DEFAULT_SIZES);
+	owner_held = o.mode == TASKQ_MODE_ASYNC;
+	if (owner_held)
+		taskq_become_owner(&save);
 	for (i = 0; i < n; i++)
 	{
 		MemoryContext old = MemoryContextSwitchTo(row_ctx);
-		int64		id = enqueue_one(&o, DatumGetJsonbP(elems[i]));
+		int64		id = enqueue_one(&o, DatumGetJsonbP(elems[i]), owner_held);
 		Datum		value = Int64GetDatum(id);
 		bool		isnull = id < 0;
 
@@ -605,6 +619,8 @@ taskq_enqueue_many(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(store, desc, &value, &isnull);
 		MemoryContextReset(row_ctx);
 	}
+	if (owner_held)
+		taskq_restore_user(&save);
 	SPI_finish();
 	return (Datum) 0;
 }

@@ -17,6 +17,10 @@
  * which would write (and WAL-log) that row on every enqueue and turn
  * concurrent enqueues of one handler into MultiXacts.
  *
+ * enqueue() and retry() read registrations through a per-backend cache
+ * (see "The registration cache" below), so that an enqueue of a known
+ * handler runs no statement on taskq.handlers.
+ *
  *-------------------------------------------------------------------------
  */
 #include "taskq.h"
@@ -31,8 +35,11 @@
 #include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/array.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
@@ -72,6 +79,136 @@ lock_handler_name(const char *name, LOCKMODE mode)
 
 static bool lookup_handler(const char *name, TaskqHandler *h, Snapshot snapshot);
 
+/* ----------------------------------------------------------------
+ * The registration cache
+ *
+ * Registrations as enqueue() and retry() last read them, by name, for
+ * this backend.  Every change to taskq.handlers through the API
+ * (register_handler, unregister_handler) sends a relcache invalidation
+ * for taskq.handlers, which PostgreSQL delivers transactionally: to this
+ * backend at its next command and again when the change rolls back, to
+ * the others when it commits, before its locks are released.  A lookup
+ * takes the handler's name lock first and then accepts pending
+ * invalidations, so an enqueue that waited for an unregister_handler()
+ * sees its commit exactly as a fresh read would.  DDL on taskq.handlers
+ * (DROP EXTENSION included) invalidates it too.  Writes to taskq.handlers
+ * that bypass the API (a superuser's UPDATE) are not seen until the next
+ * API change; README says so.  Only registered handlers are cached, so an
+ * unknown name always reads the table.
+ * ----------------------------------------------------------------
+ */
+typedef struct CachedHandler
+{
+	char		name[TASKQ_NAME_MAXLEN + 1];	/* the hash key */
+	TaskqHandler h;				/* h.target in CacheMemoryContext */
+} CachedHandler;
+
+static HTAB *handler_cache = NULL;
+static Oid	handler_cache_rel = InvalidOid; /* taskq.handlers when filled */
+static bool handler_cache_callback = false;
+
+/* Empty the cache, targets included. */
+static void
+forget_handlers(void)
+{
+	HASH_SEQ_STATUS seq;
+	CachedHandler *c;
+
+	if (handler_cache == NULL)
+		return;
+	hash_seq_init(&seq, handler_cache);
+	while ((c = hash_seq_search(&seq)) != NULL)
+		pfree(c->h.target);
+	hash_destroy(handler_cache);
+	handler_cache = NULL;
+	handler_cache_rel = InvalidOid;
+}
+
+/*
+ * Relcache callback: a change to taskq.handlers (or a reset of every
+ * cache, relid InvalidOid) empties ours.
+ */
+static void
+handlers_changed(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == handler_cache_rel)
+		forget_handlers();
+}
+
+/* taskq.handlers, or InvalidOid when the extension is not there. */
+static Oid
+handlers_rel(void)
+{
+	Oid			nsp = get_namespace_oid(TASKQ_SCHEMA, true);
+
+	return OidIsValid(nsp) ? get_relname_relid("handlers", nsp) : InvalidOid;
+}
+
+/*
+ * The cached registration of name, if any, for a caller that may read
+ * taskq.handlers (the privilege is checked as a read would check it).
+ */
+static bool
+cached_handler(const char *name, TaskqHandler *h)
+{
+	CachedHandler *c;
+
+	if (handler_cache == NULL)
+		return false;
+	c = hash_search(handler_cache, name, HASH_FIND, NULL);
+	if (c == NULL ||
+		pg_class_aclcheck(handler_cache_rel, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		return false;
+	*h = c->h;
+	h->target = pstrdup(c->h.target);
+	return true;
+}
+
+/* Remember a registration just read from taskq.handlers. */
+static void
+cache_handler(const TaskqHandler *h)
+{
+	CachedHandler *c;
+	bool		found;
+
+	if (!handler_cache_callback)
+	{
+		CacheRegisterRelcacheCallback(handlers_changed, (Datum) 0);
+		handler_cache_callback = true;
+	}
+	if (handler_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		handler_cache_rel = handlers_rel();
+		if (!OidIsValid(handler_cache_rel))
+			return;
+		ctl.keysize = TASKQ_NAME_MAXLEN + 1;
+		ctl.entrysize = sizeof(CachedHandler);
+		ctl.hcxt = CacheMemoryContext;
+		handler_cache = hash_create("taskq handlers", 16, &ctl,
+									HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	c = hash_search(handler_cache, h->name, HASH_ENTER, &found);
+	if (found)
+		pfree(c->h.target);
+	c->h = *h;
+	c->h.target = MemoryContextStrdup(CacheMemoryContext, h->target);
+}
+
+/*
+ * After a change to taskq.handlers: every backend's cache (this one's at
+ * our next command, the others' at commit) forgets what it holds.
+ */
+static void
+invalidate_handlers(void)
+{
+	Oid			rel = handlers_rel();
+
+	if (OidIsValid(rel))
+		CacheInvalidateRelcacheByRelid(rel);
+}
+
 /*
  * Look up a handler; the caller has SPI connected and may read
  * taskq.handlers.  Returns false when it is not registered.  Runs as the
@@ -95,7 +232,13 @@ bool
 taskq_lookup_handler_locked(const char *name, TaskqHandler *h)
 {
 	lock_handler_name(name, AccessShareLock);
-	return lookup_handler(name, h, GetLatestSnapshot());
+	AcceptInvalidationMessages();
+	if (cached_handler(name, h))
+		return true;
+	if (!lookup_handler(name, h, GetLatestSnapshot()))
+		return false;
+	cache_handler(h);
+	return true;
 }
 
 /* The two above: with the statement's snapshot, or with this one. */
@@ -301,6 +444,7 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	owner = check_handler_owner(name);
 	require_handler_privilege(name, caller, owner, "update");
 	write_registration(fcinfo, name, ops->name, target, OidIsValid(owner) ? owner : caller);
+	invalidate_handlers();
 	taskq_restore_user(&save);
 	SPI_finish();
 
@@ -398,6 +542,7 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 										   1, types),
 							 values, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "taskq: could not write taskq.handlers");
+		invalidate_handlers();
 		ended = end_live_tasks(name);
 	}
 	taskq_restore_user(&save);
