@@ -3,8 +3,10 @@
 # PostgreSQL connector does: the tasks of interleaved transactions arrive
 # in commit order, rolled-back ones (whole or to a savepoint) never; a
 # client restarted resumes from its confirmed LSN, with the unconfirmed
-# transaction again and no confirmed one twice; committing a logical task
-# wakes no dispatcher; taskq.trace logs the decision.
+# transaction again and no confirmed one twice; a row queued before its
+# handler became logical is sent by the dispatcher; committing a logical
+# task wakes no dispatcher; taskq.trace logs the decision; without
+# wal_level = logical the enqueue is refused.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -150,6 +152,21 @@ is_deeply([ payloads($out) ], ["$d8 {\"n\": 8}"],
 	'once confirmed, it is not delivered again');
 
 # ---------------------------------------------------------------------
+# A row queued before its handler became logical is sent by the dispatcher
+# ---------------------------------------------------------------------
+sql(q{SELECT taskq.register_handler('switched', 'public.noop(jsonb)', queue => 'held')});
+sql(q{SELECT taskq.pause('held')});
+my $row = sql(q{SELECT taskq.enqueue('switched', '{"n": "queued row"}')});
+sql(q{SELECT taskq.register_handler('switched', 'taskq.orders', kind => 'logical', queue => 'held')});
+sql(q{SELECT taskq.resume('held')});
+ok(wait_task_status($node, $row, 'completed'), 'the dispatcher completes the row of a handler now logical');
+$c = start_client('--count', '1');
+$out = finish_client($c);
+is_deeply([ payloads($out) ], ["$row {\"n\": \"queued row\"}"],
+	'and the client receives it as a message with the row\'s id');
+like($out, qr/"handler": "switched", "queue": "held", "attempt": 1,/, 'with its queue and attempt');
+
+# ---------------------------------------------------------------------
 # Committing a logical task wakes no dispatcher
 # ---------------------------------------------------------------------
 my $dispatcher_activity = q{SELECT state_change FROM pg_stat_activity
@@ -180,4 +197,21 @@ ok( $node->log_contains(
 	'taskq.trace logs the emitted task with its id');
 
 $node->stop;
+
+# ---------------------------------------------------------------------
+# Without wal_level = logical: registration warns, enqueue refuses
+# ---------------------------------------------------------------------
+my $replica = taskq_node('replica', "taskq.workers = 1\nwal_level = replica\n");
+$replica->safe_psql('postgres', 'CREATE EXTENSION taskq');
+my ($ret, $stdout, $stderr) = $replica->psql('postgres',
+	q{SELECT taskq.register_handler('orders', 'taskq.orders', kind => 'logical')});
+is($ret, 0, 'a logical handler can be registered under wal_level = replica');
+like($stderr, qr/WARNING:  wal_level is not logical: enqueue\(\) for logical handler prefix "taskq.orders" will fail until it is/,
+	'with a warning');
+($ret, $stdout, $stderr) = $replica->psql('postgres', q{SELECT taskq.enqueue('orders', '{}')});
+isnt($ret, 0, 'its enqueue fails');
+like($stderr, qr/ERROR:  logical handler "orders" needs wal_level = logical\nDETAIL:  wal_level is "replica"; no logical-decoding client could read the task.\nHINT:  Set wal_level = logical in postgresql.conf and restart the server./,
+	'with the reason and a hint');
+$replica->stop;
+
 done_testing();
