@@ -16,7 +16,7 @@
  *
  * enqueue.c decides that a task goes here (taskq_logical_emit) and refuses
  * the options that need a row first (taskq_logical_check_call);
- * executors.c lists the kind.  This file calls only common.c.
+ * executors.c lists the kind.  This file calls no other file of taskq.
  *
  *-------------------------------------------------------------------------
  */
@@ -44,6 +44,7 @@
  */
 #define LOGICAL_PREFIX_MAXLEN	TASKQ_NAME_MAXLEN
 
+/* Whether c may appear in a prefix (see above). */
 static bool
 prefix_char_ok(char c)
 {

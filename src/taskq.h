@@ -391,7 +391,7 @@ extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
 
 /* ----------------------------------------------------------------
  * The logical kind (logical.c): used by enqueue.c and executors.c; calls
- * only common.c.
+ * no other file of taskq.
  * ----------------------------------------------------------------
  */
 extern char *taskq_logical_check_target(const char *target);
