@@ -15,6 +15,7 @@ OBJS = \
 	src/launcher.o \
 	src/dispatcher.o \
 	src/executors.o \
+	src/logical.o \
 	src/monitor.o
 
 # Released install scripts are frozen; each release adds an update script.
@@ -26,7 +27,7 @@ DATA_built = sql/taskq--0.2.sql
 PGFILEDESC = "taskq - transactional task outbox"
 
 # Explicit list: sql/ also holds the install script.
-REGRESS = setup handlers enqueue options policies api security version
+REGRESS = setup handlers enqueue options policies api security version logical
 REGRESS_OPTS = --inputdir=. --outputdir=$(CURDIR)/results
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -119,6 +119,19 @@ UPDATE taskq.tasks t
    AND NOT EXISTS (SELECT FROM taskq.handlers h
                     WHERE h.name OPERATOR(pg_catalog.=) t.handler);
 
+------------------------------------------------------------------------
+-- Handlers of kind logical.
+--
+-- A logical handler's target is a message prefix; enqueue() writes its
+-- tasks as transactional logical-decoding messages in the enqueuing
+-- transaction, not as rows of taskq.tasks (src/logical.c, and README,
+-- "Kafka (the logical kind)").
+------------------------------------------------------------------------
+ALTER TABLE taskq.handlers
+    DROP CONSTRAINT handlers_kind_check,
+    ADD CONSTRAINT handlers_kind_check
+        CHECK (kind OPERATOR(pg_catalog.=) ANY ('{function,notify,log,logical}'::pg_catalog.text[]));
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

@@ -3,6 +3,7 @@
  * enqueue.c
  *	  taskq.enqueue() and taskq.enqueue_many(): option resolution,
  *	  validation, policies, the outbox insert and the commit wake-up.
+ *	  A logical handler's task goes to logical.c instead of the outbox.
  *
  * Every option resolves, first match wins: the call's argument, the
  * handler's registration, the taskq.default_* GUC (whose boot value is the
@@ -254,6 +255,14 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 	resolve_mode(fcinfo, o);
 	check_metadata(fcinfo, o);
 	o->blocked = handler_blocked(handler_name);
+	if (o->handler.kind == TASKQ_KIND_LOGICAL)
+	{
+		char	   *mode = text_arg(fcinfo, 10);
+
+		taskq_logical_check_call(handler_name, !PG_ARGISNULL(3), !PG_ARGISNULL(4),
+								 !PG_ARGISNULL(8), mode && strcmp(mode, "sync") == 0);
+		o->mode = TASKQ_MODE_ASYNC; /* taskq.default_mode cannot apply */
+	}
 }
 
 /* index: 1-based position in enqueue_many's array, 0 for enqueue() */
@@ -425,6 +434,31 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 }
 
 /*
+ * A logical handler's task: a message in this transaction instead of a
+ * row (logical.c), so nothing to wake at commit.
+ */
+static int64
+enqueue_logical(const EnqueueOptions *o, Jsonb *payload)
+{
+	TaskqTask	task;
+	int64		id;
+
+	memset(&task, 0, sizeof(task));
+	task.handler = (char *) o->handler.name;
+	task.queue = (char *) o->queue;
+	task.priority = o->priority;
+	task.max_attempts = o->max_attempts;
+	task.timeout_ms = o->timeout_ms;
+	task.owner = o->owner;
+	task.run_at = o->run_at;
+	task.payload = JsonbPGetDatum(payload);
+	task.metadata = o->metadata ? JsonbPGetDatum(o->metadata) : (Datum) 0;
+	id = taskq_logical_emit(&o->handler, &task, o->has_expires_at ? &o->expires_at : NULL);
+	trace_enqueue(o, "emitted", id);
+	return id;
+}
+
+/*
  * Enqueue one payload with resolved options.  Returns the task id, or
  * -1 when a policy dropped it.  The caller has SPI connected, and with
  * owner_held already acts as the owner of taskq.tasks (enqueue_many() in
@@ -450,6 +484,8 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 	}
 	if (taskq_kind_ops(o->handler.kind)->check_task != NULL)
 		taskq_kind_ops(o->handler.kind)->check_task(&o->handler, payload, o->metadata);
+	if (o->handler.kind == TASKQ_KIND_LOGICAL)
+		return enqueue_logical(o, payload);
 
 	if (o->mode == TASKQ_MODE_ASYNC)
 	{

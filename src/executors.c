@@ -11,6 +11,7 @@
  *	  notify	pg_notify(channel, <task as JSON>), delivered at commit; the
  *				task then waits 'dispatched' for ack() unless ack => false.
  *	  log		writes what it would do to the server log (dry run).
+ *	  logical	a logical-decoding message, written at enqueue (logical.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -416,6 +417,7 @@ static const TaskqKindOps kinds[] = {
 	[TASKQ_KIND_FUNCTION] = {"function", function_check_target, false, NULL, execute_function},
 	[TASKQ_KIND_NOTIFY] = {"notify", notify_check_target, true, notify_check_task, execute_notify},
 	[TASKQ_KIND_LOG] = {"log", log_check_target, false, NULL, execute_log_kind},
+	[TASKQ_KIND_LOGICAL] = {"logical", taskq_logical_check_target, false, NULL, taskq_logical_execute},
 };
 
 const TaskqKindOps *

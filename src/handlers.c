@@ -429,7 +429,7 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	TaskqAsOwner save;
 
 	require_not_null(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
-	require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, or a description for log.");
+	require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, a description for log, or a message prefix for logical.");
 	require_not_null(fcinfo, 2, "kind", taskq_kind_hint());
 	require_not_null(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
 	require_not_null(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");

@@ -16,6 +16,7 @@
  *	launcher.c    the launcher: which databases get dispatchers
  *	dispatcher.c  the per-database loop: claim, run, record
  *	executors.c   one function per handler kind
+ *	logical.c     the logical kind: tasks as logical-decoding messages, no row
  *	monitor.c     the functions behind taskq.workers and taskq.stats
  *
  *-------------------------------------------------------------------------
@@ -256,7 +257,8 @@ typedef enum TaskqKind
 {
 	TASKQ_KIND_FUNCTION,
 	TASKQ_KIND_NOTIFY,
-	TASKQ_KIND_LOG
+	TASKQ_KIND_LOG,
+	TASKQ_KIND_LOGICAL
 } TaskqKind;
 
 /* A handler's registration, as enqueue and dispatch need it. */
@@ -442,6 +444,18 @@ extern TaskqKind taskq_parse_kind(const char *name);
 extern const char *taskq_kind_name(TaskqKind kind);
 extern const char *taskq_kind_hint(void);
 extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
+
+/* ----------------------------------------------------------------
+ * The logical kind (logical.c): used by enqueue.c and executors.c; calls
+ * no other file of taskq.
+ * ----------------------------------------------------------------
+ */
+extern char *taskq_logical_check_target(const char *target);
+extern void taskq_logical_check_call(const char *handler, bool run_after, bool run_at,
+									 bool dedupe_key, bool sync);
+extern int64 taskq_logical_emit(const TaskqHandler *h, TaskqTask *task,
+								const TimestampTz *expires_at);
+extern void taskq_logical_execute(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out);
 
 /* ----------------------------------------------------------------
  * Workers

@@ -32,6 +32,8 @@ END $$;
 SELECT taskq.register_handler('noop', 'bench.noop(jsonb)');
 SELECT taskq.register_handler('lat', 'bench.lat(jsonb)');
 SELECT taskq.register_handler('ship', 'bench_ship', kind => 'notify');
+-- the logical kind (the server runs with wal_level = logical)
+SELECT taskq.register_handler('kafka', 'bench.orders', kind => 'logical');
 
 -- A steady producer (the bloat test): write p_total tasks, p_chunk per
 -- transaction, into taskq (p_target 'taskq') or plain.tasks ('plain'),

@@ -36,6 +36,8 @@ taskq.workers = 2
 taskq.poll_interval = '200ms'
 taskq.ack_timeout = '1h'
 taskq.retry_backoff = '10ms'
+# for the logical kind, which 0.2 adds
+wal_level = logical
 EOC
 $node->start;
 
@@ -211,6 +213,23 @@ is(sql(q{SELECT status FROM taskq.tasks WHERE payload->>'n' = '600'}), 'cancelle
 is(sql(q{SET ROLE alice; SELECT count(*) FROM (SELECT taskq.enqueue('book', '{"n": 800}')) t}),
 	'1', 'enqueue() works after the update');
 ok(wait_task_status($node, sql(q{SELECT max(id) FROM taskq.tasks}), 'completed'), 'and its task completes');
+
+# The logical kind, which the update's CHECK constraint on taskq.handlers
+# admits: registered, then enqueued by an application role as a logical
+# message with an id from the outbox's sequence, and no row.
+sql(q{SELECT 1 FROM pg_create_logical_replication_slot('upgrade_slot', 'test_decoding')});
+sql(q{SELECT taskq.register_handler('kafka', 'taskq.upgraded', kind => 'logical')});
+is(sql(q{SELECT kind || ' ' || target FROM taskq.handlers WHERE name = 'kafka'}),
+	'logical taskq.upgraded', 'a logical handler can be registered after the update');
+my $logical_id = sql(q{SET ROLE alice; SELECT taskq.enqueue('kafka', '{"n": 900}')});
+cmp_ok($logical_id, '>', sql(q{SELECT max(id) FROM taskq.tasks}), 'its task id comes from taskq.tasks_id_seq');
+is(sql("SELECT count(*) FROM taskq.tasks WHERE id = $logical_id"), '0', 'its task writes no row');
+like(
+	sql(q{SELECT string_agg(data, E'\n') FROM pg_logical_slot_get_changes('upgrade_slot', NULL, NULL)
+          WHERE data LIKE 'message:%'}),
+	qr/^message: transactional: 1 prefix: taskq\.upgraded, sz: \d+ content:\{"id": $logical_id, "handler": "kafka", .*"payload": \{"n": 900\}.*"owner": "alice"\}$/,
+	'it reaches a logical-decoding client as a transactional message');
+sql(q{SELECT pg_drop_replication_slot('upgrade_slot')});
 
 # ---------------------------------------------------------------------
 # Updated = fresh: the same objects, definitions, privileges, comments.
