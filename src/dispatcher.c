@@ -539,19 +539,39 @@ read_next_due(bool full, TimestampTz *due, TimestampTz *lease)
 }
 
 /*
- * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
- * many (expired ones included, marked), or -1 if the extension is gone.
- * *full says whether the batch was full.  A short batch means nothing
- * else is due now; the same transaction then reads when something next
- * becomes due (*due, *lease: see taskq_outbox_next_due()).
+ * Fill the rest of a batch (tasks[n..]) from the limited queues, each
+ * through its own claim, which locks the queue's row and enforces its
+ * limits; in name order, the order every claimer locks them in.  Returns
+ * the new count.
  */
 static int
-claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
+claim_limited(const TaskqExclusions *ex, char **queues, TaskqTask *tasks, int n)
+{
+	int			i;
+
+	for (i = 0; i < ex->nlimited && n < taskq_batch_size; i++)
+		n += taskq_outbox_claim_queue(queues[i], taskq_batch_size - n, taskq_workers,
+									  ex->handlers, batch_ctx, tasks + n);
+	return n;
+}
+
+/*
+ * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
+ * many (expired ones included, marked), or -1 if the extension is gone.
+ * *full says whether the batch was full, *limited how many came from
+ * limited queues.  A short batch means nothing else is due now; the same
+ * transaction then reads when something next becomes due (*due, *lease:
+ * see taskq_outbox_next_due()).
+ */
+static int
+claim(TaskqTask **tasks_out, bool *full, int *limited, TimestampTz *due, TimestampTz *lease)
 {
 	TaskqExclusions ex;
 	TaskqClaimAfter after;
 	TaskqTask  *tasks;
+	char	  **limited_queues;
 	int			n;
+	int			plain;
 
 	set_state(TASKQ_STATE_CLAIMING);
 	/* before the snapshot: a commit that this claim misses sets it again */
@@ -564,7 +584,10 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	}
 	cancel_seen = taskq_cancel_generation();
 	taskq_outbox_read_exclusions(&ex);
-	n = taskq_outbox_claim(&ex, claim_start(&ex, &after), batch_ctx, &tasks);
+	limited_queues = taskq_outbox_limited_queues(&ex);
+	plain = taskq_outbox_claim(&ex, claim_start(&ex, &after), batch_ctx, &tasks);
+	n = claim_limited(&ex, limited_queues, tasks, plain);
+	*limited = n - plain;
 	*full = n == taskq_batch_size;
 	read_next_due(*full, due, lease);
 
@@ -575,8 +598,8 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	 */
 	commit_tx(taskq_synchronous_commit);
 
-	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
-	advance_cursor(tasks, n, ex.n == 0 && *full);
+	qsort(tasks, plain, sizeof(TaskqTask), compare_tasks);
+	advance_cursor(tasks, plain, ex.n == 0 && plain == taskq_batch_size);
 	*tasks_out = tasks;
 	return n;
 }
@@ -916,6 +939,7 @@ work(void)
 	{
 		TaskqTask  *tasks;
 		int			n;
+		int			limited;
 		bool		full;
 		TimestampTz now = GetCurrentTimestamp();
 
@@ -931,15 +955,22 @@ work(void)
 		}
 
 		MemoryContextReset(batch_ctx);
-		n = claim(&tasks, &full, &due, &lease);
+		n = claim(&tasks, &full, &limited, &due, &lease);
 		if (n < 0)
 			exit_because(TASKQ_EXIT_NO_EXTENSION);
 		if (n > 0)
 			run_batch(tasks, n);
+
+		/*
+		 * Tasks of limited queues that ended make room under those limits:
+		 * the other dispatchers look again, and so do we.
+		 */
+		if (limited > 0)
+			taskq_wake_dispatchers(MyDatabaseId, TASKQ_WAKE_ALL);
 		between_batches();
 		if (!taskq_enabled)
 			return DT_NOEND;
-		if (full)
+		if (full || limited > 0)
 			continue;
 		if (n > 0 && pg_atomic_read_u32(&my_slot->wake_pending) != 0)
 			continue;

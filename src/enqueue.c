@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(taskq_enqueue_many);
 
 #define TASKQ_MAX_PAYLOAD		(64 * 1024 * 1024)
 #define TASKQ_MAX_DEDUPE_KEY	512
+#define TASKQ_MAX_GROUP_KEY		255
 
 /* The options of one enqueue call, as given (null flags) and resolved. */
 typedef struct EnqueueOptions
@@ -54,6 +55,7 @@ typedef struct EnqueueOptions
 	TimestampTz expires_at;
 	int			mode;
 	Jsonb	   *metadata;
+	text	   *group_key;
 	Oid			owner;			/* the calling role, read before any switch */
 } EnqueueOptions;
 
@@ -61,6 +63,8 @@ static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr insert_dedupe_plan = NULL;
 static SPIPlanPtr find_dedupe_plan = NULL;
 static SPIPlanPtr finish_sync_plan = NULL;
+static SPIPlanPtr grouped_plan = NULL;
+static SPIPlanPtr mark_grouped_plan = NULL;
 static bool warned_no_dispatch = false;
 static bool warned_starved = false;
 static uint32 starved_seen = 0;	/* the launcher's starved list we looked at */
@@ -242,6 +246,41 @@ check_metadata(FunctionCallInfo fcinfo, EnqueueOptions *o)
 }
 
 /*
+ * group_key: 1 to TASKQ_MAX_GROUP_KEY bytes of printable text.  It names
+ * the tenant in explain() and the server log, and the empty string is
+ * kept free for nothing (a key is either given or NULL).
+ */
+static void
+check_group_key(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
+	const char *key;
+	size_t		len;
+	size_t		i;
+
+	/* a 0.1 database calls us with 12 arguments, until its update */
+	o->group_key = PG_NARGS() <= 12 || PG_ARGISNULL(12) ? NULL : PG_GETARG_TEXT_PP(12);
+	if (o->group_key == NULL)
+		return;
+	key = text_to_cstring(o->group_key);
+	len = strlen(key);
+	if (len == 0 || len > TASKQ_MAX_GROUP_KEY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_key must be 1 to %d bytes long; this one is %zu",
+						TASKQ_MAX_GROUP_KEY, len),
+				 errhint("Use a tenant, account or user id, such as 'tenant-42', or NULL.")));
+	for (i = 0; i < len; i++)
+	{
+		if ((unsigned char) key[i] < 0x20 || key[i] == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("group_key \"%s\" contains a control character at byte %zu",
+							key, i + 1),
+					 errhint("Use printable characters only, such as 'tenant-42'.")));
+	}
+}
+
+/*
  * Resolve and check every option of an enqueue call, in argument order,
  * so the first bad one is the one reported.  Arguments 0 and 1 (handler,
  * payload) are validated by the callers; the rest are shared by enqueue()
@@ -263,6 +302,7 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 	resolve_expires_at(fcinfo, o);
 	resolve_mode(fcinfo, o);
 	check_metadata(fcinfo, o);
+	check_group_key(fcinfo, o);
 }
 
 /* index: 1-based position in enqueue_many's array, 0 for enqueue() */
@@ -400,10 +440,10 @@ first_id(void)
 static int64
 insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *inserted)
 {
-	Oid			types[12] = {TEXTOID, TEXTOID, INT4OID, TEXTOID, JSONBOID, JSONBOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID};
-	Datum		values[12];
-	char		nulls[12];
+	Oid			types[13] = {TEXTOID, TEXTOID, INT4OID, TEXTOID, JSONBOID, JSONBOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID, TEXTOID};
+	Datum		values[13];
+	char		nulls[13];
 	SPIPlanPtr	plan;
 	int			tries;
 	int			ret;
@@ -424,15 +464,17 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	values[10] = ObjectIdGetDatum(o->owner);
 	values[11] = o->dedupe_key ? PointerGetDatum(o->dedupe_key) : (Datum) 0;
 	nulls[11] = o->dedupe_key ? ' ' : 'n';
+	values[12] = o->group_key ? PointerGetDatum(o->group_key) : (Datum) 0;
+	nulls[12] = o->group_key ? ' ' : 'n';
 
 #define INSERT_SQL \
 	"INSERT INTO taskq.tasks (handler, queue, priority, status, payload, metadata," \
-	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key)" \
-	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12)"
+	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key, group_key)" \
+	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12, $13)"
 
 	if (o->dedupe_key == NULL)
 	{
-		plan = taskq_prepare(&insert_plan, INSERT_SQL " RETURNING id", 12, types);
+		plan = taskq_prepare(&insert_plan, INSERT_SQL " RETURNING id", 13, types);
 		ret = SPI_execute_plan(plan, values, nulls, false, 1);
 		if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 			elog(ERROR, "taskq: insert into taskq.tasks failed: %s", SPI_result_code_string(ret));
@@ -460,7 +502,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 
 		plan = taskq_prepare(&insert_dedupe_plan,
 							 INSERT_SQL
-							 " ON CONFLICT DO NOTHING RETURNING id", 12, types);
+							 " ON CONFLICT DO NOTHING RETURNING id", 13, types);
 		ret = SPI_execute_plan(plan, values, nulls, false, 1);
 		if (ret != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "taskq: insert into taskq.tasks failed: %s", SPI_result_code_string(ret));
@@ -490,6 +532,36 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 					text_to_cstring(o->dedupe_key), o->handler.name),
 			 errhint("Retry the transaction.")));
 	return 0;					/* keep compiler quiet */
+}
+
+/*
+ * A queue that receives a task with a group_key is served round-robin
+ * across group keys from then on (taskq.queues.grouped), by the claim of
+ * limited queues; queues that never see one keep the plain claim.  Look
+ * first (one primary key probe) and write only when the flag is not set
+ * yet, so that concurrent enqueuers of a grouped queue do not queue up on
+ * its row.  No session cache: a rolled-back enqueue takes its mark along.  Runs as the
+ * owner of taskq.tasks.
+ */
+static void
+mark_queue_grouped(const char *queue)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		values[1];
+
+	values[0] = CStringGetTextDatum(queue);
+	if (SPI_execute_plan(taskq_prepare(&grouped_plan,
+									   "SELECT FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) $1 AND grouped",
+									   1, types),
+						 values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: reading queue \"%s\" failed", queue);
+	if (SPI_processed == 0 &&
+		SPI_execute_plan(taskq_prepare(&mark_grouped_plan,
+									   "INSERT INTO taskq.queues (name, grouped) VALUES ($1, true)"
+									   " ON CONFLICT (name) DO UPDATE SET grouped = true",
+									   1, types),
+						 values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "taskq: marking queue \"%s\" grouped failed", queue);
 }
 
 /*
@@ -549,6 +621,8 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 	{
 		taskq_become_owner(&save);
 		id = insert_task(o, payload, "queued", &inserted);
+		if (inserted && o->group_key != NULL)
+			mark_queue_grouped(o->queue);
 		taskq_restore_user(&save);
 		if (inserted)
 		{
@@ -616,7 +690,8 @@ handler_arg(FunctionCallInfo fcinfo)
 
 /*
  * taskq.enqueue(handler, payload, priority, run_after, run_at, queue,
- *				 max_attempts, timeout, dedupe_key, expires_at, mode, metadata)
+ *				 max_attempts, timeout, dedupe_key, expires_at, mode, metadata,
+ *				 group_key)
  */
 Datum
 taskq_enqueue(PG_FUNCTION_ARGS)

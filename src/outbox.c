@@ -32,6 +32,7 @@ static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr claim_excluding_plan = NULL;
 static SPIPlanPtr claim_cursor_plan = NULL;
 static SPIPlanPtr exclusions_plan = NULL;
+static SPIPlanPtr claim_queue_plan = NULL;
 static SPIPlanPtr success_plan = NULL;
 static SPIPlanPtr remove_plan = NULL;
 static SPIPlanPtr failure_plan = NULL;
@@ -154,9 +155,13 @@ array_length_of(Datum array)
  */
 
 /*
- * The paused queues and disabled handlers, which the next claim skips.
- * The arrays stay in the SPI result, valid until the caller's next SPI
- * statement but one: taskq_outbox_claim() is that statement.
+ * The queues and handlers the next plain claim skips: paused queues and
+ * the queues that taskq._claim_queue() claims (those with limits, aging
+ * or group keys), and disabled handlers; and the latter queues apart, in
+ * name order, the order their rows are locked in.  The arrays stay in the
+ * SPI result, valid until the caller's next SPI statement but one:
+ * taskq_outbox_claim() is that statement; the caller copies the limited
+ * queues' names before.
  */
 void
 taskq_outbox_read_exclusions(TaskqExclusions *ex)
@@ -165,7 +170,14 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	HeapTuple	tup;
 
 	if (SPI_execute_plan(taskq_prepare(&exclusions_plan,
-									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused) AS paused_queues,"
+									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused"
+									   "   OR concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
+									   "   OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
+									   "   OR aging IS NOT NULL OR grouped) AS paused_queues,"
+									   " ARRAY(SELECT name FROM taskq.queues WHERE NOT paused AND ("
+									   "   concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
+									   "   OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
+									   "   OR aging IS NOT NULL OR grouped) ORDER BY name) AS limited_queues,"
 									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled) AS disabled_handlers",
 									   0, NULL),
 						 NULL, NULL, true, 1) != SPI_OK_SELECT)
@@ -174,7 +186,65 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	tup = SPI_tuptable->vals[0];
 	ex->queues = value_not_null(tup, desc, column(desc, "paused_queues"));
 	ex->handlers = value_not_null(tup, desc, column(desc, "disabled_handlers"));
+	ex->limited = value_not_null(tup, desc, column(desc, "limited_queues"));
 	ex->n = array_length_of(ex->queues) + array_length_of(ex->handlers);
+	ex->nlimited = array_length_of(ex->limited);
+}
+
+/*
+ * The names of the limited queues of ex, palloc'd in the current context
+ * (ex's arrays do not outlive the next statements).
+ */
+char	  **
+taskq_outbox_limited_queues(const TaskqExclusions *ex)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	char	  **names;
+
+	deconstruct_array(DatumGetArrayTypeP(ex->limited), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	names = palloc(sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		names[i] = TextDatumGetCString(elems[i]);
+	return names;
+}
+
+/*
+ * Claim up to max_tasks due tasks of one limited queue through
+ * taskq._claim_queue(), which enforces its limits (share: how many
+ * dispatchers serve it); skip: the disabled handlers (text[] datum).  The
+ * tasks are appended to *tasks (allocated in cxt with room for
+ * taskq.batch_size) from position at; returns how many.
+ */
+int
+taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip,
+						 MemoryContext cxt, TaskqTask *tasks)
+{
+	Oid			types[5] = {TEXTOID, INT4OID, INT4OID, INT4OID, TEXTARRAYOID};
+	Datum		values[5];
+	TaskColumns cols;
+	MemoryContext old;
+	uint64		i;
+
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = Int32GetDatum(max_tasks);
+	values[2] = Int32GetDatum(share);
+	values[3] = Int32GetDatum(MyProcPid);
+	values[4] = skip;
+	if (SPI_execute_plan(taskq_prepare(&claim_queue_plan,
+									   "SELECT * FROM taskq._claim_queue($1, $2, $3, $4, $5)",
+									   5, types),
+						 values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: claiming tasks of queue \"%s\" failed", queue);
+	task_columns(SPI_tuptable->tupdesc, &cols);
+	old = MemoryContextSwitchTo(cxt);
+	for (i = 0; i < SPI_processed && (int) i < max_tasks; i++)
+		decode_task(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &cols, &tasks[i]);
+	MemoryContextSwitchTo(old);
+	return (int) i;
 }
 
 /* The claim, around the exclusion of paused queues and disabled handlers. */
@@ -305,7 +375,7 @@ taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 	n = (int) SPI_processed;
 	task_columns(SPI_tuptable->tupdesc, &cols);
 	old = MemoryContextSwitchTo(cxt);
-	*tasks = palloc0(sizeof(TaskqTask) * Max(n, 1));
+	*tasks = palloc0(sizeof(TaskqTask) * Max(taskq_batch_size, 1));
 	for (i = 0; i < SPI_processed; i++)
 		decode_task(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &cols, &(*tasks)[i]);
 	MemoryContextSwitchTo(old);
@@ -314,12 +384,14 @@ taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 
 /*
  * When something next becomes due: the earliest future run_at of a queued
- * task (returned), and the earliest lease to run out (*lease); DT_NOEND
- * for none.  Both are index range scans.
+ * task or time a rate limit lets a held task start (returned), and the
+ * earliest lease to run out (*lease); DT_NOEND for none.  Index range
+ * scans, and taskq.queues, which is small.
  */
 TimestampTz
 taskq_outbox_next_due(TimestampTz *lease)
 {
+	TimestampTz due;
 	TupleDesc	desc;
 	HeapTuple	tup;
 	bool		isnull;
@@ -330,7 +402,9 @@ taskq_outbox_next_due(TimestampTz *lease)
 									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
 									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1) AS run_at,"
 									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
-									   "   ORDER BY lease_until LIMIT 1) AS lease_until",
+									   "   ORDER BY lease_until LIMIT 1) AS lease_until,"
+									   " (SELECT pg_catalog.min(held_until) FROM taskq.queues"
+									   "   WHERE held_until OPERATOR(pg_catalog.>) pg_catalog.now()) AS held_until",
 									   0, NULL),
 						 NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: computing the next due time failed");
@@ -339,7 +413,9 @@ taskq_outbox_next_due(TimestampTz *lease)
 	d = value_of(tup, desc, column(desc, "lease_until"), &isnull);
 	*lease = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 	d = value_of(tup, desc, column(desc, "run_at"), &isnull);
-	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	due = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	d = value_of(tup, desc, column(desc, "held_until"), &isnull);
+	return isnull ? due : Min(due, DatumGetTimestampTz(d));
 }
 
 /* ----------------------------------------------------------------

@@ -12,6 +12,8 @@
  *	enqueue.c     option resolution, validation, policies, the outbox insert
  *	handlers.c    the handler registry
  *	tasks.c       cancel, retry, ack, nack, wait, pause, resume
+ *	queues.c      set_queue: queue limits and rate parsing
+ *	explain.c     taskq.explain(): why a task is not running
  *	launcher.c    the launcher: which databases get dispatchers
  *	dispatcher.c  the per-database loop: claim, run, record
  *	executors.c   one function per handler kind
@@ -320,12 +322,18 @@ extern void taskq_execute(TaskqTask *task, TaskqHandler *h, bool sync, TaskqOutc
  * ----------------------------------------------------------------
  */
 
-/* What a claim skips: paused queues, disabled handlers (text[] datums). */
+/*
+ * What a plain claim skips: paused and limited queues, disabled handlers
+ * (text[] datums); and the limited queues, which taskq._claim_queue()
+ * claims one by one.
+ */
 typedef struct TaskqExclusions
 {
-	int			n;				/* elements of both */
+	int			n;				/* elements of queues and handlers */
 	Datum		queues;
 	Datum		handlers;
+	int			nlimited;
+	Datum		limited;		/* not paused, in name order */
 } TaskqExclusions;
 
 /* Where a claim goes on from: after this task, within its priority. */
@@ -354,6 +362,9 @@ typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool faile
 extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
 extern int	taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 							   MemoryContext cxt, TaskqTask **tasks);
+extern char **taskq_outbox_limited_queues(const TaskqExclusions *ex);
+extern int	taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip,
+									 MemoryContext cxt, TaskqTask *tasks);
 extern void taskq_outbox_forget_claim_plans(void);
 extern TimestampTz taskq_outbox_next_due(TimestampTz *lease);
 extern bool taskq_outbox_remove_completed(int64 id);
