@@ -176,6 +176,11 @@ SELECT taskq.enqueue('lim_fn', '{"tag": "x-low"}', queue => 'lim_f', group_key =
 SELECT pg_temp.claim('lim_f', 10) AS priority_first;
 SELECT pg_temp.done('lim_f');
 
+-- groups with nothing due do not hold the others up: the cursor moves past them
+SELECT taskq.enqueue('lim_fn', '{"tag": "a-later"}', queue => 'lim_s', group_key => 'a', run_after => '1 h'),
+       taskq.enqueue('lim_fn', '{"tag": "b-now"}', queue => 'lim_s', group_key => 'b') \gset
+SELECT pg_temp.claim('lim_s', 1) AS looks_at_a, pg_temp.claim('lim_s', 1) AS then_b;
+
 -- group_concurrency 1: one running task per group, the tasks without a key included
 SELECT taskq.set_queue('lim_gc', group_concurrency => 1);
 SELECT count(*) FROM (SELECT taskq.enqueue('lim_fn', jsonb_build_object('tag', coalesce(g, 'n') || i), queue => 'lim_gc', group_key => g)

@@ -321,6 +321,8 @@ DECLARE
     grp text[];
     served int;
     last_served text;
+    nkeys int;
+    last_key text;
 BEGIN
     SELECT * INTO q FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) _queue FOR UPDATE;
     IF NOT FOUND OR q.paused THEN
@@ -360,15 +362,22 @@ BEGIN
              ORDER BY taskq._effective_priority(t.priority, t.run_at, q.aging, t0) DESC, t.run_at, t.id
              LIMIT room);
     ELSE
+        -- the groups to look at after the cursor (and again from the first
+        -- key): as many as the batch has places, or, when group limits may
+        -- hold some of them back, up to 1000
+        nkeys := CASE WHEN q.group_concurrency IS NULL AND q.group_rate_count IS NULL
+                      THEN room ELSE 1000 END;
         -- round-robin over the group keys after the cursor, then the tasks
         -- without a key, then the keys up to the cursor; each group's
-        -- share is bounded by its own limits
+        -- share is bounded by its own limits.  Within a batch, a group
+        -- takes about its share (room / groups in turn, plus one), so a priority
+        -- order across groups holds up to that share per batch.
         WITH keys AS (
-            SELECT k.g, 0 AS pos FROM taskq._group_keys(_queue, COALESCE(q.last_group, ''), 1000) k(g)
+            SELECT k.g, 0 AS pos FROM taskq._group_keys(_queue, COALESCE(q.last_group, ''), nkeys) k(g)
             UNION ALL
             SELECT NULL, 1
             UNION ALL
-            SELECT k.g, 2 FROM taskq._group_keys(_queue, '', 1000) k(g)
+            SELECT k.g, 2 FROM taskq._group_keys(_queue, '', nkeys) k(g)
              WHERE q.last_group IS NOT NULL AND k.g OPERATOR(pg_catalog.<=) q.last_group
         ), rooms AS (
             SELECT k.g, k.pos,
@@ -385,10 +394,16 @@ BEGIN
                               ON b.queue OPERATOR(pg_catalog.=) _queue AND b.group_key IS NOT DISTINCT FROM k.g
                            WHERE q.group_rate_count IS NOT NULL)) AS n
               FROM keys k
+        ), turn AS (
+            -- the groups that may start a task now, each taking about its
+            -- share of the batch (one more, for groups that come short)
+            SELECT r.g, r.pos, LEAST(r.n, pg_catalog.ceil(room::pg_catalog.numeric
+                       OPERATOR(pg_catalog./) pg_catalog.count(*) OVER ())::int OPERATOR(pg_catalog.+) 1) AS n
+              FROM rooms r WHERE r.n OPERATOR(pg_catalog.>) 0
         ), cand AS (
             SELECT c.id, r.g, r.pos, c.eff, c.run_at,
                    pg_catalog.row_number() OVER (PARTITION BY r.g, c.eff ORDER BY c.run_at, c.id) AS rn
-              FROM rooms r,
+              FROM turn r,
                    LATERAL ((SELECT t.id, t.run_at,
                                    taskq._effective_priority(t.priority, t.run_at, q.aging, t0) AS eff
                               FROM taskq.tasks t
@@ -410,7 +425,6 @@ BEGIN
                                 AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
                               ORDER BY 3 DESC, t.run_at, t.id
                               LIMIT r.n)) c
-             WHERE r.n OPERATOR(pg_catalog.>) 0
         ), picked AS (
             SELECT c.id, c.g, pg_catalog.row_number() OVER (
                        ORDER BY c.eff DESC, c.rn, c.pos, c.g, c.run_at, c.id) AS ord
@@ -418,10 +432,16 @@ BEGIN
              ORDER BY ord
              LIMIT room
         )
-        SELECT pg_catalog.array_agg(p.id ORDER BY p.ord), pg_catalog.array_agg(p.g ORDER BY p.ord)
-          INTO ids, grp FROM picked p;
+        SELECT pg_catalog.array_agg(p.id ORDER BY p.ord), pg_catalog.array_agg(p.g ORDER BY p.ord),
+               (SELECT k.g FROM keys k WHERE k.g IS NOT NULL ORDER BY k.pos DESC, k.g DESC LIMIT 1)
+          INTO ids, grp, last_key FROM picked p;
     END IF;
     IF ids IS NULL OR pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 THEN
+        -- the groups looked at had nothing to start (not due, or held by
+        -- their limits): the next claim looks at the groups after them
+        IF last_key IS NOT NULL THEN
+            UPDATE taskq.queues SET last_group = last_key WHERE name OPERATOR(pg_catalog.=) _queue;
+        END IF;
         RETURN;
     END IF;
 
