@@ -159,7 +159,7 @@ SELECT taskq.enqueue('lim_fn', '{"tag": "a"}', queue => 'lim_f', group_key => 'a
 SELECT pg_temp.claim('lim_f', 5) AS round_one;
 SELECT pg_temp.claim('lim_f', 2) AS after_cursor, pg_temp.claim('lim_f', 10) AS rest;
 -- the cursor moved on from the group served last
-SELECT last_group FROM taskq.queues WHERE name = 'lim_f';
+SELECT last_group FROM taskq.group_cursors WHERE queue = 'lim_f';
 SELECT pg_temp.done('lim_f');
 
 -- round-robin goes on where it stopped: one task per claim visits the groups in turn
@@ -260,7 +260,7 @@ SELECT pg_temp.done('lim_e');
 SELECT taskq.set_queue('lim_e', group_concurrency => 1);
 SELECT taskq.enqueue('lim_fn', '{"tag": "e4"}', queue => 'lim_e', group_key => 'acme') AS e4,
        taskq.enqueue('lim_fn', '{"tag": "e5"}', queue => 'lim_e', group_key => 'acme') AS e5 \gset
-UPDATE taskq.tasks SET status = 'running', worker_pid = pg_backend_pid(), started_at = now() WHERE id = :e4;
+UPDATE taskq.tasks SET status = 'running', worker_pid = pg_backend_pid(), started_at = now(), limited = true WHERE id = :e4;
 SELECT pg_temp.explain(:e5);
 SELECT pg_temp.explain(:e3);
 SELECT pg_temp.done('lim_e');

@@ -142,7 +142,6 @@ ALTER TABLE taskq.queues
     ADD COLUMN grouped           boolean NOT NULL DEFAULT false,  -- has had tasks with a group_key
     ADD COLUMN tokens            float8,     -- the rate bucket; NULL: full
     ADD COLUMN refilled_at       timestamptz,
-    ADD COLUMN last_group        text,       -- the group served last (round-robin cursor)
     ADD COLUMN held_until        timestamptz, -- when a rate limit next lets a task start
     ADD CONSTRAINT queues_limits_check CHECK (
         concurrency OPERATOR(pg_catalog.>) 0 AND group_concurrency OPERATOR(pg_catalog.>) 0
@@ -162,11 +161,25 @@ COMMENT ON TABLE taskq.group_buckets IS 'internal: token buckets of group_rate_l
 REVOKE ALL ON taskq.group_buckets FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('taskq.group_buckets', '');
 
-ALTER TABLE taskq.tasks ADD COLUMN group_key text;
+-- The round-robin cursor of each grouped queue: the group served last.
+-- Apart from taskq.queues, which every role reads, since it names a
+-- group key of some role's task.
+CREATE TABLE taskq.group_cursors (
+    queue      text PRIMARY KEY,
+    last_group text
+);
+COMMENT ON TABLE taskq.group_cursors IS 'internal: the group key each grouped queue served last';
+REVOKE ALL ON taskq.group_cursors FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('taskq.group_cursors', '');
+
+-- limited: claimed by taskq._claim_queue(), which counts these tasks while
+-- they run.  The plain claim leaves it NULL, so that only limited queues'
+-- claims add an entry to tasks_running_idx.
+ALTER TABLE taskq.tasks ADD COLUMN group_key text, ADD COLUMN limited boolean;
 
 -- What a limited queue's claim counts: its running tasks, per group.
 CREATE INDEX tasks_running_idx ON taskq.tasks (queue, group_key)
-    WHERE status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[]);
+    WHERE limited AND status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[]);
 -- The group keys of a queue's queued tasks, walked one key at a time.
 CREATE INDEX tasks_group_idx ON taskq.tasks (queue, group_key, priority DESC, run_at, id)
     WHERE status OPERATOR(pg_catalog.=) 'queued' AND group_key IS NOT NULL;
@@ -308,7 +321,6 @@ RETURNS TABLE (id bigint, handler text, queue text, priority int, attempts int, 
                metadata jsonb, expired boolean)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -323,6 +335,7 @@ DECLARE
     last_served text;
     nkeys int;
     last_key text;
+    cursor_at text;
 BEGIN
     SELECT * INTO q FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) _queue FOR UPDATE;
     IF NOT FOUND OR q.paused THEN
@@ -331,7 +344,7 @@ BEGIN
 
     IF q.concurrency IS NOT NULL THEN
         SELECT pg_catalog.count(*) INTO busy FROM taskq.tasks t
-         WHERE t.queue OPERATOR(pg_catalog.=) _queue
+         WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.limited
            AND t.status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[]);
         room := LEAST(room, q.concurrency OPERATOR(pg_catalog.-) busy,
                       GREATEST(1, pg_catalog.ceil(q.concurrency::pg_catalog.numeric
@@ -353,18 +366,31 @@ BEGIN
     END IF;
 
     IF NOT q.grouped AND q.group_concurrency IS NULL AND q.group_rate_count IS NULL THEN
-        -- one group: dispatch order, by effective priority under aging
-        ids := ARRAY(
-            SELECT t.id FROM taskq.tasks t
-             WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
-               AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
-               AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
-             ORDER BY taskq._effective_priority(t.priority, t.run_at, q.aging, t0) DESC, t.run_at, t.id
-             LIMIT room);
+        -- one group: dispatch order (the claim index's), or by effective
+        -- priority under aging
+        IF q.aging IS NULL THEN
+            ids := ARRAY(
+                SELECT t.id FROM taskq.tasks t
+                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
+                   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                   AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                 ORDER BY t.priority DESC, t.run_at, t.id
+                 LIMIT room);
+        ELSE
+            ids := ARRAY(
+                SELECT t.id FROM taskq.tasks t
+                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
+                   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                   AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                 ORDER BY taskq._effective_priority(t.priority, t.run_at, q.aging, t0) DESC, t.run_at, t.id
+                 LIMIT room);
+        END IF;
     ELSE
         -- the groups to look at after the cursor (and again from the first
         -- key): as many as the batch has places, or, when group limits may
         -- hold some of them back, up to 1000
+        SELECT c.last_group INTO cursor_at FROM taskq.group_cursors c
+         WHERE c.queue OPERATOR(pg_catalog.=) _queue;
         nkeys := CASE WHEN q.group_concurrency IS NULL AND q.group_rate_count IS NULL
                       THEN room ELSE 1000 END;
         -- round-robin over the group keys after the cursor, then the tasks
@@ -373,12 +399,12 @@ BEGIN
         -- takes about its share (room / groups in turn, plus one), so a priority
         -- order across groups holds up to that share per batch.
         WITH keys AS (
-            SELECT k.g, 0 AS pos FROM taskq._group_keys(_queue, COALESCE(q.last_group, ''), nkeys) k(g)
+            SELECT k.g, 0 AS pos FROM taskq._group_keys(_queue, COALESCE(cursor_at, ''), nkeys) k(g)
             UNION ALL
             SELECT NULL, 1
             UNION ALL
             SELECT k.g, 2 FROM taskq._group_keys(_queue, '', nkeys) k(g)
-             WHERE q.last_group IS NOT NULL AND k.g OPERATOR(pg_catalog.<=) q.last_group
+             WHERE cursor_at IS NOT NULL AND k.g OPERATOR(pg_catalog.<=) cursor_at
         ), rooms AS (
             SELECT k.g, k.pos,
                    LEAST(room,
@@ -386,7 +412,7 @@ BEGIN
                              (SELECT pg_catalog.count(*)::int FROM taskq.tasks t
                                WHERE q.group_concurrency IS NOT NULL
                                  AND t.queue OPERATOR(pg_catalog.=) _queue
-                                 AND t.group_key IS NOT DISTINCT FROM k.g
+                                 AND t.group_key IS NOT DISTINCT FROM k.g AND t.limited
                                  AND t.status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[])),
                          (SELECT pg_catalog.floor(taskq._bucket(b.tokens, b.refilled_at, q.group_rate_count, q.group_rate_period, t0))::int
                             FROM (SELECT NULL) one
@@ -440,7 +466,8 @@ BEGIN
         -- the groups looked at had nothing to start (not due, or held by
         -- their limits): the next claim looks at the groups after them
         IF last_key IS NOT NULL THEN
-            UPDATE taskq.queues SET last_group = last_key WHERE name OPERATOR(pg_catalog.=) _queue;
+            INSERT INTO taskq.group_cursors AS c (queue, last_group) VALUES (_queue, last_key)
+            ON CONFLICT (queue) DO UPDATE SET last_group = excluded.last_group;
         END IF;
         RETURN;
     END IF;
@@ -450,7 +477,7 @@ BEGIN
         UPDATE taskq.tasks t SET
             status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                      THEN 'expired' ELSE 'running' END::taskq.status,
-            worker_pid = pid, started_at = pg_catalog.now(),
+            worker_pid = pid, started_at = pg_catalog.now(), limited = true,
             finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                           THEN pg_catalog.now() END
          WHERE t.id OPERATOR(pg_catalog.=) ANY (ids) AND t.status OPERATOR(pg_catalog.=) 'queued'
@@ -470,9 +497,12 @@ BEGIN
     UPDATE taskq.queues SET
         tokens = CASE WHEN q.rate_count IS NOT NULL THEN tok OPERATOR(pg_catalog.-) served END,
         refilled_at = CASE WHEN q.rate_count IS NOT NULL THEN t0 END,
-        held_until = NULL,
-        last_group = CASE WHEN grp IS NULL THEN last_group ELSE last_served END
+        held_until = NULL
      WHERE name OPERATOR(pg_catalog.=) _queue;
+    IF grp IS NOT NULL THEN
+        INSERT INTO taskq.group_cursors AS c (queue, last_group) VALUES (_queue, last_served)
+        ON CONFLICT (queue) DO UPDATE SET last_group = excluded.last_group;
+    END IF;
     IF q.group_rate_count IS NOT NULL THEN
         INSERT INTO taskq.group_buckets AS b (queue, group_key, tokens, refilled_at)
         SELECT _queue, s.g,

@@ -43,11 +43,11 @@ static SPIPlanPtr facts_plan = NULL;
 	" COALESCE(q.paused, false) AS paused, COALESCE(h.enabled, true) AS enabled," \
 	" q.concurrency, q.group_concurrency, q.rate_limit, q.group_rate_limit," \
 	" (SELECT pg_catalog.count(*)::pg_catalog.int4 FROM taskq.tasks r" \
-	"   WHERE r.queue OPERATOR(pg_catalog.=) t.queue" \
+	"   WHERE r.queue OPERATOR(pg_catalog.=) t.queue AND r.limited" \
 	"   AND r.status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[])) AS running," \
 	" (SELECT pg_catalog.count(*)::pg_catalog.int4 FROM taskq.tasks r" \
 	"   WHERE r.queue OPERATOR(pg_catalog.=) t.queue AND r.group_key IS NOT DISTINCT FROM t.group_key" \
-	"   AND r.status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[])) AS group_running," \
+	"   AND r.limited AND r.status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[])) AS group_running," \
 	" (SELECT pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs =>" \
 	"    (1 OPERATOR(pg_catalog.-) x.tok) OPERATOR(pg_catalog.*) pg_catalog.date_part('epoch', q.rate_period)" \
 	"    OPERATOR(pg_catalog./) q.rate_count)" \
