@@ -16,7 +16,9 @@ OBJS = \
 	src/dispatcher.o \
 	src/executors.o \
 	src/logical.o \
-	src/monitor.o
+	src/monitor.o \
+	src/queues.o \
+	src/explain.o
 
 # Released install scripts are frozen; each release adds an update script.
 # The newest version's install script is built: schema taskq, then the
@@ -27,7 +29,7 @@ DATA_built = sql/taskq--0.2.sql
 PGFILEDESC = "taskq - transactional task outbox"
 
 # Explicit list: sql/ also holds the install script.
-REGRESS = setup handlers enqueue options policies api security version logical
+REGRESS = setup handlers enqueue options policies api security version logical limits
 REGRESS_OPTS = --inputdir=. --outputdir=$(CURDIR)/results
 
 PG_CPPFLAGS = -I$(srcdir)/src

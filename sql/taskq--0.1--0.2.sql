@@ -131,6 +131,412 @@ ALTER TABLE taskq.handlers
     DROP CONSTRAINT handlers_kind_check,
     ADD CONSTRAINT handlers_kind_check
         CHECK (kind OPERATOR(pg_catalog.=) ANY ('{function,notify,log,logical}'::pg_catalog.text[]));
+-- Queue limits, group fairness and taskq.explain() (issue 9).
+--
+-- taskq.queues keeps each queue's limits (set by taskq.set_queue()) and
+-- the state that enforces them: the rate limits' token buckets and the
+-- round-robin cursor over group keys.  Every value there is written under
+-- the queue row's lock, which a limited queue's claim takes first, so the
+-- limits hold across all dispatchers; counts of running tasks are read
+-- from the rows, never kept, so no crash can leave them wrong.
+------------------------------------------------------------------------
+ALTER TABLE taskq.queues
+    ADD COLUMN concurrency       int,
+    ADD COLUMN group_concurrency int,
+    ADD COLUMN rate_limit        text,
+    ADD COLUMN group_rate_limit  text,
+    ADD COLUMN aging             interval,
+    ADD COLUMN rate_count        int,        -- rate_limit parsed: rate_count starts ...
+    ADD COLUMN rate_period       interval,   -- ... per rate_period
+    ADD COLUMN group_rate_count  int,
+    ADD COLUMN group_rate_period interval,
+    ADD COLUMN grouped           boolean NOT NULL DEFAULT false,  -- has had tasks with a group_key
+    ADD COLUMN tokens            float8,     -- the rate bucket; NULL: full
+    ADD COLUMN refilled_at       timestamptz,
+    ADD COLUMN held_until        timestamptz, -- when a rate limit next lets a task start
+    ADD CONSTRAINT queues_limits_check CHECK (
+        concurrency OPERATOR(pg_catalog.>) 0 AND group_concurrency OPERATOR(pg_catalog.>) 0
+        AND rate_count OPERATOR(pg_catalog.>) 0 AND group_rate_count OPERATOR(pg_catalog.>) 0
+        AND aging OPERATOR(pg_catalog.>) '0'::pg_catalog.interval);
+COMMENT ON TABLE taskq.queues IS 'queue state and limits; write through taskq.pause(), taskq.resume() and taskq.set_queue()';
+
+-- Per group rate buckets of the queues that have a group_rate_limit.
+CREATE TABLE taskq.group_buckets (
+    queue       text NOT NULL,
+    group_key   text,
+    tokens      float8 NOT NULL,
+    refilled_at timestamptz NOT NULL,
+    CONSTRAINT group_buckets_key UNIQUE NULLS NOT DISTINCT (queue, group_key)
+);
+COMMENT ON TABLE taskq.group_buckets IS 'internal: token buckets of group_rate_limit, one per queue and group_key';
+REVOKE ALL ON taskq.group_buckets FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('taskq.group_buckets', '');
+
+-- The round-robin cursor of each grouped queue: the group served last.
+-- Apart from taskq.queues, which every role reads, since it names a
+-- group key of some role's task.
+CREATE TABLE taskq.group_cursors (
+    queue      text PRIMARY KEY,
+    last_group text
+);
+COMMENT ON TABLE taskq.group_cursors IS 'internal: the group key each grouped queue served last';
+REVOKE ALL ON taskq.group_cursors FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('taskq.group_cursors', '');
+
+-- limited: claimed by taskq._claim_queue(), which counts these tasks while
+-- they run.  The plain claim leaves it NULL, so that only limited queues'
+-- claims add an entry to tasks_running_idx.
+ALTER TABLE taskq.tasks ADD COLUMN group_key text, ADD COLUMN limited boolean;
+
+-- What a limited queue's claim counts: its running tasks, per group.
+CREATE INDEX tasks_running_idx ON taskq.tasks (queue, group_key)
+    WHERE limited AND status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[]);
+-- The group keys of a queue's queued tasks, walked one key at a time.
+CREATE INDEX tasks_group_idx ON taskq.tasks (queue, group_key, priority DESC, run_at, id)
+    WHERE status OPERATOR(pg_catalog.=) 'queued' AND group_key IS NOT NULL;
+
+-- enqueue() and enqueue_many() gain group_key, after metadata.
+DROP FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb);
+DROP FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb);
+
+CREATE FUNCTION taskq.enqueue(
+    handler      text,
+    payload      jsonb       DEFAULT '{}',
+    priority     int         DEFAULT NULL,
+    run_after    interval    DEFAULT NULL,
+    run_at       timestamptz DEFAULT NULL,
+    queue        text        DEFAULT NULL,
+    max_attempts int         DEFAULT NULL,
+    timeout      interval    DEFAULT NULL,
+    dedupe_key   text        DEFAULT NULL,
+    expires_at   timestamptz DEFAULT NULL,
+    mode         text        DEFAULT NULL,
+    metadata     jsonb       DEFAULT NULL,
+    group_key    text        DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'taskq_enqueue'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text)
+    IS 'record a task in the current transaction; it is dispatched after commit. Returns the task id, or NULL when a policy dropped it';
+
+CREATE FUNCTION taskq.enqueue_many(
+    handler      text,
+    payloads     jsonb[],
+    priority     int         DEFAULT NULL,
+    run_after    interval    DEFAULT NULL,
+    run_at       timestamptz DEFAULT NULL,
+    queue        text        DEFAULT NULL,
+    max_attempts int         DEFAULT NULL,
+    timeout      interval    DEFAULT NULL,
+    dedupe_key   text        DEFAULT NULL,
+    expires_at   timestamptz DEFAULT NULL,
+    mode         text        DEFAULT NULL,
+    metadata     jsonb       DEFAULT NULL,
+    group_key    text        DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'taskq_enqueue_many'
+LANGUAGE C VOLATILE ROWS 100;
+COMMENT ON FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text)
+    IS 'enqueue one task per payload with the same options; returns their ids in payload order';
+
+CREATE FUNCTION taskq.set_queue(
+    name              text,
+    concurrency       int      DEFAULT NULL,
+    group_concurrency int      DEFAULT NULL,
+    rate_limit        text     DEFAULT NULL,
+    group_rate_limit  text     DEFAULT NULL,
+    aging             interval DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'taskq_set_queue'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq.set_queue(text, int, int, text, text, interval)
+    IS 'replace a queue''s limits (NULL: no limit); takes effect at commit, keeps paused';
+REVOKE ALL ON FUNCTION taskq.set_queue(text, int, int, text, text, interval) FROM PUBLIC;
+
+-- The group keys of a queue's queued tasks after "after" ('' for all: a
+-- group_key is never empty), in order, at most lim of them: a skip scan of
+-- tasks_group_idx, one index probe per key, however many tasks each has.
+CREATE FUNCTION taskq._group_keys(queue text, after text, lim int)
+RETURNS SETOF text
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH RECURSIVE k(g, n) AS (
+    (SELECT t.group_key, 1 FROM taskq.tasks t
+      WHERE t.queue OPERATOR(pg_catalog.=) $1 AND t.status OPERATOR(pg_catalog.=) 'queued'
+        AND t.group_key IS NOT NULL AND t.group_key OPERATOR(pg_catalog.>) $2
+      ORDER BY t.group_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.group_key FROM taskq.tasks t
+             WHERE t.queue OPERATOR(pg_catalog.=) $1 AND t.status OPERATOR(pg_catalog.=) 'queued'
+               AND t.group_key IS NOT NULL AND t.group_key OPERATOR(pg_catalog.>) k.g
+             ORDER BY t.group_key LIMIT 1),
+           k.n OPERATOR(pg_catalog.+) 1
+      FROM k WHERE k.g IS NOT NULL AND k.n OPERATOR(pg_catalog.<) $3
+)
+SELECT g FROM k WHERE g IS NOT NULL
+$$;
+COMMENT ON FUNCTION taskq._group_keys(text, text, int)
+    IS 'internal: the next group keys of a queue''s queued tasks, by a skip scan';
+REVOKE ALL ON FUNCTION taskq._group_keys(text, text, int) FROM PUBLIC;
+
+-- The priority a task of a queue with aging has now: +1 per aging waited
+-- since it became due, capped at 100.  Inlined into the claim, where a
+-- queue without aging folds it to the stored priority and keeps the
+-- index order.
+CREATE FUNCTION taskq._effective_priority(priority int, run_at timestamptz, aging interval, now timestamptz)
+RETURNS int
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT CASE WHEN $3 IS NULL THEN $1
+       ELSE LEAST(100, $1 OPERATOR(pg_catalog.+)
+                  GREATEST(0, pg_catalog.floor(pg_catalog.date_part('epoch', $4 OPERATOR(pg_catalog.-) $2)
+                                               OPERATOR(pg_catalog./) pg_catalog.date_part('epoch', $3)))::int) END
+$$;
+COMMENT ON FUNCTION taskq._effective_priority(int, timestamptz, interval, timestamptz)
+    IS 'internal: a task''s priority raised by the time it waited, under a queue''s aging';
+
+-- The tokens a bucket holds now: count per period, full when never used.
+-- (OPERATOR() forms all bind alike, left to right: hence the parentheses.)
+CREATE FUNCTION taskq._bucket(tokens float8, refilled_at timestamptz, count int, period interval, now timestamptz)
+RETURNS float8
+LANGUAGE sql IMMUTABLE
+AS $$
+SELECT CASE WHEN $1 IS NULL OR $2 IS NULL THEN $3::pg_catalog.float8
+       ELSE LEAST($3::pg_catalog.float8,
+                  $1 OPERATOR(pg_catalog.+)
+                  ((GREATEST(0::pg_catalog.float8,
+                             pg_catalog.date_part('epoch', $5 OPERATOR(pg_catalog.-) $2))
+                    OPERATOR(pg_catalog.*) $3::pg_catalog.float8)
+                   OPERATOR(pg_catalog./) pg_catalog.date_part('epoch', $4))) END
+$$;
+COMMENT ON FUNCTION taskq._bucket(float8, timestamptz, int, interval, timestamptz)
+    IS 'internal: a rate limit''s token bucket refilled up to now';
+
+-- The claim of one queue that has limits or group keys, for dispatchers
+-- (and external claims).  Up to max_tasks due tasks become 'running' for
+-- pid ('expired' when past expires_at), honouring the queue's
+-- concurrency, group_concurrency, rate limits, aging and round-robin over
+-- group keys; share is how many dispatchers serve the queue, so that one
+-- does not take the whole concurrency into a batch it runs one by one.
+--
+-- The queue's row is locked first, in a statement of its own: under READ
+-- COMMITTED each later statement takes its snapshot after the lock was
+-- granted, so it sees every claim that committed before, and the counts
+-- of running tasks are exact.  Only this function claims a limited
+-- queue's tasks (dispatchers exclude them from the plain claim), so its
+-- UPDATE needs no SKIP LOCKED.
+CREATE FUNCTION taskq._claim_queue(_queue text, max_tasks int, share int, pid int, skip_handlers text[])
+RETURNS TABLE (id bigint, handler text, queue text, priority int, attempts int, max_attempts int,
+               timeout_ms bigint, owner pg_catalog.oid, run_at timestamptz, payload jsonb,
+               metadata jsonb, expired boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    q taskq.queues;
+    t0 timestamptz := pg_catalog.clock_timestamp();
+    room int := max_tasks;
+    busy int;
+    tok float8;
+    ids bigint[];
+    grp text[];
+    served int;
+    last_served text;
+    nkeys int;
+    last_key text;
+    cursor_at text;
+BEGIN
+    SELECT * INTO q FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) _queue FOR UPDATE;
+    IF NOT FOUND OR q.paused THEN
+        RETURN;
+    END IF;
+
+    IF q.concurrency IS NOT NULL THEN
+        SELECT pg_catalog.count(*) INTO busy FROM taskq.tasks t
+         WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.limited
+           AND t.status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[]);
+        room := LEAST(room, q.concurrency OPERATOR(pg_catalog.-) busy,
+                      GREATEST(1, pg_catalog.ceil(q.concurrency::pg_catalog.numeric
+                                                  OPERATOR(pg_catalog./) GREATEST(share, 1))::int));
+    END IF;
+    IF q.rate_count IS NOT NULL THEN
+        tok := taskq._bucket(q.tokens, q.refilled_at, q.rate_count, q.rate_period, t0);
+        room := LEAST(room, pg_catalog.floor(tok)::int);
+    END IF;
+    IF room OPERATOR(pg_catalog.<=) 0 THEN
+        IF tok OPERATOR(pg_catalog.<) 1 THEN
+            UPDATE taskq.queues SET held_until = t0 OPERATOR(pg_catalog.+)
+                   pg_catalog.make_interval(secs => (1 OPERATOR(pg_catalog.-) tok)
+                       OPERATOR(pg_catalog.*) pg_catalog.date_part('epoch', q.rate_period)
+                       OPERATOR(pg_catalog./) q.rate_count)
+             WHERE name OPERATOR(pg_catalog.=) _queue;
+        END IF;
+        RETURN;
+    END IF;
+
+    IF NOT q.grouped AND q.group_concurrency IS NULL AND q.group_rate_count IS NULL THEN
+        -- one group: dispatch order (the claim index's), or by effective
+        -- priority under aging
+        IF q.aging IS NULL THEN
+            ids := ARRAY(
+                SELECT t.id FROM taskq.tasks t
+                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
+                   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                   AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                 ORDER BY t.priority DESC, t.run_at, t.id
+                 LIMIT room);
+        ELSE
+            ids := ARRAY(
+                SELECT t.id FROM taskq.tasks t
+                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
+                   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                   AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                 ORDER BY taskq._effective_priority(t.priority, t.run_at, q.aging, t0) DESC, t.run_at, t.id
+                 LIMIT room);
+        END IF;
+    ELSE
+        -- the groups to look at after the cursor (and again from the first
+        -- key): as many as the batch has places, or, when group limits may
+        -- hold some of them back, up to 1000
+        SELECT c.last_group INTO cursor_at FROM taskq.group_cursors c
+         WHERE c.queue OPERATOR(pg_catalog.=) _queue;
+        nkeys := CASE WHEN q.group_concurrency IS NULL AND q.group_rate_count IS NULL
+                      THEN room ELSE 1000 END;
+        -- round-robin over the group keys after the cursor, then the tasks
+        -- without a key, then the keys up to the cursor; each group's
+        -- share is bounded by its own limits.  Within a batch, a group
+        -- takes about its share (room / groups in turn, plus one), so a priority
+        -- order across groups holds up to that share per batch.
+        WITH keys AS (
+            SELECT k.g, 0 AS pos FROM taskq._group_keys(_queue, COALESCE(cursor_at, ''), nkeys) k(g)
+            UNION ALL
+            SELECT NULL, 1
+            UNION ALL
+            SELECT k.g, 2 FROM taskq._group_keys(_queue, '', nkeys) k(g)
+             WHERE cursor_at IS NOT NULL AND k.g OPERATOR(pg_catalog.<=) cursor_at
+        ), rooms AS (
+            SELECT k.g, k.pos,
+                   LEAST(room,
+                         q.group_concurrency OPERATOR(pg_catalog.-)
+                             (SELECT pg_catalog.count(*)::int FROM taskq.tasks t
+                               WHERE q.group_concurrency IS NOT NULL
+                                 AND t.queue OPERATOR(pg_catalog.=) _queue
+                                 AND t.group_key IS NOT DISTINCT FROM k.g AND t.limited
+                                 AND t.status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[])),
+                         (SELECT pg_catalog.floor(taskq._bucket(b.tokens, b.refilled_at, q.group_rate_count, q.group_rate_period, t0))::int
+                            FROM (SELECT NULL) one
+                            LEFT JOIN taskq.group_buckets b
+                              ON b.queue OPERATOR(pg_catalog.=) _queue AND b.group_key IS NOT DISTINCT FROM k.g
+                           WHERE q.group_rate_count IS NOT NULL)) AS n
+              FROM keys k
+        ), turn AS (
+            -- the groups that may start a task now, each taking about its
+            -- share of the batch (one more, for groups that come short)
+            SELECT r.g, r.pos, LEAST(r.n, pg_catalog.ceil(room::pg_catalog.numeric
+                       OPERATOR(pg_catalog./) pg_catalog.count(*) OVER ())::int OPERATOR(pg_catalog.+) 1) AS n
+              FROM rooms r WHERE r.n OPERATOR(pg_catalog.>) 0
+        ), cand AS (
+            SELECT c.id, r.g, r.pos, c.eff, c.run_at,
+                   pg_catalog.row_number() OVER (PARTITION BY r.g, c.eff ORDER BY c.run_at, c.id) AS rn
+              FROM turn r,
+                   LATERAL ((SELECT t.id, t.run_at,
+                                   taskq._effective_priority(t.priority, t.run_at, q.aging, t0) AS eff
+                              FROM taskq.tasks t
+                             WHERE t.queue OPERATOR(pg_catalog.=) _queue
+                               AND t.status OPERATOR(pg_catalog.=) 'queued'
+                               AND r.g IS NOT NULL AND t.group_key OPERATOR(pg_catalog.=) r.g
+                               AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                               AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                             ORDER BY 3 DESC, t.run_at, t.id
+                             LIMIT r.n)
+                            UNION ALL
+                            (SELECT t.id, t.run_at,
+                                    taskq._effective_priority(t.priority, t.run_at, q.aging, t0)
+                               FROM taskq.tasks t
+                              WHERE t.queue OPERATOR(pg_catalog.=) _queue
+                                AND t.status OPERATOR(pg_catalog.=) 'queued'
+                                AND r.g IS NULL AND t.group_key IS NULL
+                                AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                                AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                              ORDER BY 3 DESC, t.run_at, t.id
+                              LIMIT r.n)) c
+        ), picked AS (
+            SELECT c.id, c.g, pg_catalog.row_number() OVER (
+                       ORDER BY c.eff DESC, c.rn, c.pos, c.g, c.run_at, c.id) AS ord
+              FROM cand c
+             ORDER BY ord
+             LIMIT room
+        )
+        SELECT pg_catalog.array_agg(p.id ORDER BY p.ord), pg_catalog.array_agg(p.g ORDER BY p.ord),
+               (SELECT k.g FROM keys k WHERE k.g IS NOT NULL ORDER BY k.pos DESC, k.g DESC LIMIT 1)
+          INTO ids, grp, last_key FROM picked p;
+    END IF;
+    IF ids IS NULL OR pg_catalog.cardinality(ids) OPERATOR(pg_catalog.=) 0 THEN
+        -- the groups looked at had nothing to start (not due, or held by
+        -- their limits): the next claim looks at the groups after them
+        IF last_key IS NOT NULL THEN
+            INSERT INTO taskq.group_cursors AS c (queue, last_group) VALUES (_queue, last_key)
+            ON CONFLICT (queue) DO UPDATE SET last_group = excluded.last_group;
+        END IF;
+        RETURN;
+    END IF;
+
+    RETURN QUERY
+    WITH u AS (
+        UPDATE taskq.tasks t SET
+            status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                     THEN 'expired' ELSE 'running' END::taskq.status,
+            worker_pid = pid, started_at = pg_catalog.now(), limited = true,
+            finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()
+                          THEN pg_catalog.now() END
+         WHERE t.id OPERATOR(pg_catalog.=) ANY (ids) AND t.status OPERATOR(pg_catalog.=) 'queued'
+        RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts,
+            pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,
+            t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata,
+            t.status OPERATOR(pg_catalog.=) 'expired' AS expired)
+    SELECT u.* FROM u, pg_catalog.unnest(ids) WITH ORDINALITY x(id, ord)
+     WHERE x.id OPERATOR(pg_catalog.=) u.id ORDER BY x.ord;
+    GET DIAGNOSTICS served = ROW_COUNT;
+
+    -- the buckets pay for what started; the cursor moves to the group
+    -- served last
+    IF grp IS NOT NULL THEN
+        last_served := grp[pg_catalog.array_length(grp, 1)];
+    END IF;
+    UPDATE taskq.queues SET
+        tokens = CASE WHEN q.rate_count IS NOT NULL THEN tok OPERATOR(pg_catalog.-) served END,
+        refilled_at = CASE WHEN q.rate_count IS NOT NULL THEN t0 END,
+        held_until = NULL
+     WHERE name OPERATOR(pg_catalog.=) _queue;
+    IF grp IS NOT NULL THEN
+        INSERT INTO taskq.group_cursors AS c (queue, last_group) VALUES (_queue, last_served)
+        ON CONFLICT (queue) DO UPDATE SET last_group = excluded.last_group;
+    END IF;
+    IF q.group_rate_count IS NOT NULL THEN
+        INSERT INTO taskq.group_buckets AS b (queue, group_key, tokens, refilled_at)
+        SELECT _queue, s.g,
+               taskq._bucket(NULL, NULL, q.group_rate_count, q.group_rate_period, t0) OPERATOR(pg_catalog.-) s.n,
+               t0
+          FROM (SELECT x.g, pg_catalog.count(*)::int AS n FROM pg_catalog.unnest(grp) x(g) GROUP BY x.g) s
+        ON CONFLICT (queue, group_key) DO UPDATE SET
+            tokens = taskq._bucket(b.tokens, b.refilled_at, q.group_rate_count, q.group_rate_period, t0)
+                     OPERATOR(pg_catalog.-) (q.group_rate_count OPERATOR(pg_catalog.-) excluded.tokens),
+            refilled_at = t0;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION taskq._claim_queue(text, int, int, int, text[])
+    IS 'internal: claim due tasks of one queue under its limits, group fairness and aging';
+REVOKE ALL ON FUNCTION taskq._claim_queue(text, int, int, int, text[]) FROM PUBLIC;
+
+CREATE FUNCTION taskq.explain(id bigint)
+RETURNS text
+AS 'MODULE_PATHNAME', 'taskq_explain'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq.explain(bigint)
+    IS 'why the task is not running now (or where it runs, or how it ended), in one sentence';
 
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)

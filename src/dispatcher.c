@@ -539,19 +539,53 @@ read_next_due(bool full, TimestampTz *due, TimestampTz *lease)
 }
 
 /*
- * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
- * many (expired ones included, marked), or -1 if the extension is gone.
- * *full says whether the batch was full.  A short batch means nothing
- * else is due now; the same transaction then reads when something next
- * becomes due (*due, *lease: see taskq_outbox_next_due()).
+ * While a dispatcher drains limited queues, the plain claim, which must
+ * step over their queued tasks in tasks_due_idx, runs at most every
+ * PLAIN_RETRY_MS once it found nothing: a task of an unlimited queue
+ * committed meanwhile waits that long at most, and a backlog of limited
+ * tasks is not walked once per batch.
+ */
+#define PLAIN_RETRY_MS	100
+
+static TimestampTz plain_empty_at = 0;
+
+/*
+ * Fill the rest of a batch (tasks[n..]) from the limited queues, each
+ * through its own claim, which locks the queue's row and enforces its
+ * limits; in name order, the order every claimer locks them in.  Returns
+ * the new count.
  */
 static int
-claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
+claim_limited(const TaskqExclusions *ex, char **queues, TaskqTask *tasks, int n)
+{
+	int			i;
+
+	for (i = 0; i < ex->nlimited && n < taskq_batch_size; i++)
+		n += taskq_outbox_claim_queue(queues[i], taskq_batch_size - n, taskq_workers,
+									  ex->handlers, batch_ctx, tasks + n);
+	return n;
+}
+
+/*
+ * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
+ * many (expired ones included, marked), or -1 if the extension is gone.
+ * *full says whether the batch was full, *limited how many came from
+ * limited queues (in draining: the last batch had some, see
+ * PLAIN_RETRY_MS).  A short batch means nothing else is due now; the same
+ * transaction then reads when something next becomes due (*due, *lease:
+ * see taskq_outbox_next_due()).
+ */
+static int
+claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampTz *due,
+	  TimestampTz *lease)
 {
 	TaskqExclusions ex;
 	TaskqClaimAfter after;
 	TaskqTask  *tasks;
+	char	  **limited_queues;
 	int			n;
+	int			plain = 0;
+	bool		skip_plain;
 
 	set_state(TASKQ_STATE_CLAIMING);
 	/* before the snapshot: a commit that this claim misses sets it again */
@@ -564,7 +598,19 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	}
 	cancel_seen = taskq_cancel_generation();
 	taskq_outbox_read_exclusions(&ex);
-	n = taskq_outbox_claim(&ex, claim_start(&ex, &after), batch_ctx, &tasks);
+	limited_queues = taskq_outbox_limited_queues(&ex);
+	skip_plain = draining && ex.nlimited > 0 &&
+		!TimestampDifferenceExceeds(plain_empty_at, GetCurrentTimestamp(), PLAIN_RETRY_MS);
+	if (skip_plain)
+		tasks = MemoryContextAllocZero(batch_ctx, sizeof(TaskqTask) * Max(taskq_batch_size, 1));
+	else
+	{
+		plain = taskq_outbox_claim(&ex, claim_start(&ex, &after), batch_ctx, &tasks);
+		if (plain == 0)
+			plain_empty_at = GetCurrentTimestamp();
+	}
+	n = claim_limited(&ex, limited_queues, tasks, plain);
+	*limited = n - plain;
 	*full = n == taskq_batch_size;
 	read_next_due(*full, due, lease);
 
@@ -575,8 +621,8 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	 */
 	commit_tx(taskq_synchronous_commit);
 
-	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
-	advance_cursor(tasks, n, ex.n == 0 && *full);
+	qsort(tasks, plain, sizeof(TaskqTask), compare_tasks);
+	advance_cursor(tasks, plain, ex.n == 0 && plain == taskq_batch_size);
 	*tasks_out = tasks;
 	return n;
 }
@@ -911,6 +957,7 @@ work(void)
 {
 	TimestampTz due = DT_NOEND;
 	TimestampTz lease = DT_NOEND;
+	int			limited = 0;
 
 	for (;;)
 	{
@@ -931,15 +978,22 @@ work(void)
 		}
 
 		MemoryContextReset(batch_ctx);
-		n = claim(&tasks, &full, &due, &lease);
+		n = claim(limited > 0, &tasks, &full, &limited, &due, &lease);
 		if (n < 0)
 			exit_because(TASKQ_EXIT_NO_EXTENSION);
 		if (n > 0)
 			run_batch(tasks, n);
+
+		/*
+		 * Tasks of limited queues that ended make room under those limits:
+		 * the other dispatchers look again, and so do we.
+		 */
+		if (limited > 0)
+			taskq_wake_dispatchers(MyDatabaseId, TASKQ_WAKE_ALL);
 		between_batches();
 		if (!taskq_enabled)
 			return DT_NOEND;
-		if (full)
+		if (full || limited > 0)
 			continue;
 		if (n > 0 && pg_atomic_read_u32(&my_slot->wake_pending) != 0)
 			continue;

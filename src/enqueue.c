@@ -39,6 +39,7 @@ PG_FUNCTION_INFO_V1(taskq_enqueue_many);
 
 #define TASKQ_MAX_PAYLOAD		(64 * 1024 * 1024)
 #define TASKQ_MAX_DEDUPE_KEY	512
+#define TASKQ_MAX_GROUP_KEY		255
 
 /* The options of one enqueue call, as given (null flags) and resolved. */
 typedef struct EnqueueOptions
@@ -51,6 +52,7 @@ typedef struct EnqueueOptions
 	int			max_attempts;
 	int64		timeout_ms;
 	text	   *dedupe_key;
+	text	   *group_key;
 	bool		has_expires_at;
 	TimestampTz expires_at;
 	int			mode;
@@ -230,6 +232,41 @@ check_metadata(FunctionCallInfo fcinfo, EnqueueOptions *o)
 				 errhint("For example '{\"trace_id\": \"abc\"}'.")));
 }
 
+/*
+ * group_key: 1 to TASKQ_MAX_GROUP_KEY bytes of printable text.  It names
+ * the tenant in explain() and the server log, and the empty string is
+ * kept free for nothing (a key is either given or NULL).
+ */
+static void
+check_group_key(FunctionCallInfo fcinfo, EnqueueOptions *o)
+{
+	const char *key;
+	size_t		len;
+	size_t		i;
+
+	/* a 0.1 database calls us with 12 arguments, until its update */
+	o->group_key = PG_NARGS() <= 12 || PG_ARGISNULL(12) ? NULL : PG_GETARG_TEXT_PP(12);
+	if (o->group_key == NULL)
+		return;
+	key = text_to_cstring(o->group_key);
+	len = strlen(key);
+	if (len == 0 || len > TASKQ_MAX_GROUP_KEY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_key must be 1 to %d bytes long; this one is %zu",
+						TASKQ_MAX_GROUP_KEY, len),
+				 errhint("Use a tenant, account or user id, such as 'tenant-42', or NULL.")));
+	for (i = 0; i < len; i++)
+	{
+		if ((unsigned char) key[i] < 0x20 || key[i] == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("group_key \"%s\" contains a control character at byte %zu",
+							key, i + 1),
+					 errhint("Use printable characters only, such as 'tenant-42'.")));
+	}
+}
+
 static bool handler_blocked(const char *name);
 
 /*
@@ -254,6 +291,7 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 	resolve_expires_at(fcinfo, o);
 	resolve_mode(fcinfo, o);
 	check_metadata(fcinfo, o);
+	check_group_key(fcinfo, o);
 	o->blocked = handler_blocked(handler_name);
 	if (o->handler.kind == TASKQ_KIND_LOGICAL)
 	{
@@ -413,6 +451,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	t.timeout_ms = o->timeout_ms;
 	t.owner = o->owner;
 	t.dedupe_key = o->dedupe_key;
+	t.group_key = o->group_key;
 
 	*inserted = true;
 	for (tries = 0; tries < 3; tries++)
@@ -492,6 +531,8 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 		if (!owner_held)
 			taskq_become_owner(&save);
 		id = insert_task(o, payload, "queued", &inserted);
+		if (inserted && o->group_key != NULL)
+			taskq_outbox_mark_grouped(o->queue);
 		if (!owner_held)
 			taskq_restore_user(&save);
 		if (inserted)
@@ -561,7 +602,8 @@ handler_arg(FunctionCallInfo fcinfo)
 
 /*
  * taskq.enqueue(handler, payload, priority, run_after, run_at, queue,
- *				 max_attempts, timeout, dedupe_key, expires_at, mode, metadata)
+ *				 max_attempts, timeout, dedupe_key, expires_at, mode, metadata,
+ *				 group_key)
  */
 Datum
 taskq_enqueue(PG_FUNCTION_ARGS)

@@ -61,7 +61,7 @@ typedef struct Statement
 	int			expect;			/* SPI_OK_* */
 	bool		read_only;		/* no new snapshot: see SPI_execute_plan */
 	int			nargs;
-	Oid			types[12];
+	Oid			types[16];
 	const char *sql;
 } Statement;
 
@@ -200,9 +200,13 @@ array_length_of(Datum array)
  */
 
 /*
- * The paused queues and disabled handlers, which the next claim skips.
- * The arrays stay in the SPI result, valid until the caller's next SPI
- * statement but one: taskq_outbox_claim() is that statement.
+ * The queues and handlers the next plain claim skips: paused queues and
+ * the queues that taskq._claim_queue() claims (those with limits, aging
+ * or group keys), and disabled handlers; and the latter queues apart, in
+ * name order, the order their rows are locked in.  The arrays stay in the
+ * SPI result, valid until the caller's next SPI statement but one:
+ * taskq_outbox_claim() is that statement; the caller copies the limited
+ * queues' names before.
  */
 void
 taskq_outbox_read_exclusions(TaskqExclusions *ex)
@@ -211,7 +215,14 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	HeapTuple	tup;
 
 	execute(taskq_prepare(&exclusions_plan,
-									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused) AS paused_queues,"
+									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused"
+									   "   OR concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
+									   "   OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
+									   "   OR aging IS NOT NULL OR grouped) AS paused_queues,"
+									   " ARRAY(SELECT name FROM taskq.queues WHERE NOT paused AND ("
+									   "   concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
+									   "   OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
+									   "   OR aging IS NOT NULL OR grouped) ORDER BY name) AS limited_queues,"
 									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled) AS disabled_handlers",
 									   0, NULL),
 			NULL, NULL, true, 1, SPI_OK_SELECT, "reading paused queues");
@@ -219,7 +230,62 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	tup = SPI_tuptable->vals[0];
 	ex->queues = value_not_null(tup, desc, column(desc, "paused_queues"));
 	ex->handlers = value_not_null(tup, desc, column(desc, "disabled_handlers"));
+	ex->limited = value_not_null(tup, desc, column(desc, "limited_queues"));
 	ex->n = array_length_of(ex->queues) + array_length_of(ex->handlers);
+	ex->nlimited = array_length_of(ex->limited);
+}
+
+/*
+ * The names of the limited queues of ex, palloc'd in the current context
+ * (ex's arrays do not outlive the next statements).
+ */
+char	  **
+taskq_outbox_limited_queues(const TaskqExclusions *ex)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+	char	  **names;
+
+	deconstruct_array(DatumGetArrayTypeP(ex->limited), TEXTOID, -1, false, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	names = palloc(sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		names[i] = TextDatumGetCString(elems[i]);
+	return names;
+}
+
+static Statement claim_queue_stmt = {
+	.what = "claiming tasks of a limited queue", .expect = SPI_OK_SELECT,
+	.nargs = 5, .types = {TEXTOID, INT4OID, INT4OID, INT4OID, TEXTARRAYOID},
+	.sql = "SELECT * FROM taskq._claim_queue($1, $2, $3, $4, $5)"
+};
+
+/*
+ * Claim up to max_tasks due tasks of one limited queue through
+ * taskq._claim_queue(), which enforces its limits (share: how many
+ * dispatchers serve it); skip: the disabled handlers (text[] datum).  The
+ * tasks are appended to *tasks (allocated in cxt with room for
+ * taskq.batch_size) from position at; returns how many.
+ */
+int
+taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip,
+						 MemoryContext cxt, TaskqTask *tasks)
+{
+	Datum		values[5] = {CStringGetTextDatum(queue), Int32GetDatum(max_tasks),
+	Int32GetDatum(share), Int32GetDatum(MyProcPid), skip};
+	TaskColumns cols;
+	MemoryContext old;
+	uint64		i;
+
+	run(&claim_queue_stmt, values, NULL, 0);
+	task_columns(SPI_tuptable->tupdesc, &cols);
+	old = MemoryContextSwitchTo(cxt);
+	for (i = 0; i < SPI_processed && (int) i < max_tasks; i++)
+		decode_task(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &cols, &tasks[i]);
+	MemoryContextSwitchTo(old);
+	return (int) i;
 }
 
 /* The claim, around the exclusion of paused queues and disabled handlers. */
@@ -350,7 +416,7 @@ taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 	n = (int) SPI_processed;
 	task_columns(SPI_tuptable->tupdesc, &cols);
 	old = MemoryContextSwitchTo(cxt);
-	*tasks = palloc0(sizeof(TaskqTask) * Max(n, 1));
+	*tasks = palloc0(sizeof(TaskqTask) * Max(taskq_batch_size, 1));
 	for (i = 0; i < SPI_processed; i++)
 		decode_task(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &cols, &(*tasks)[i]);
 	MemoryContextSwitchTo(old);
@@ -359,12 +425,14 @@ taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 
 /*
  * When something next becomes due: the earliest future run_at of a queued
- * task (returned), and the earliest lease to run out (*lease); DT_NOEND
- * for none.  Both are index range scans.
+ * task or time a rate limit lets a held task start (returned), and the
+ * earliest lease to run out (*lease); DT_NOEND for none.  Index range
+ * scans, and taskq.queues, which is small.
  */
 TimestampTz
 taskq_outbox_next_due(TimestampTz *lease)
 {
+	TimestampTz due;
 	TupleDesc	desc;
 	HeapTuple	tup;
 	bool		isnull;
@@ -375,7 +443,9 @@ taskq_outbox_next_due(TimestampTz *lease)
 									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
 									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1) AS run_at,"
 									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
-									   "   ORDER BY lease_until LIMIT 1) AS lease_until",
+									   "   ORDER BY lease_until LIMIT 1) AS lease_until,"
+									   " (SELECT pg_catalog.min(held_until) FROM taskq.queues"
+									   "   WHERE held_until OPERATOR(pg_catalog.>) pg_catalog.now()) AS held_until",
 									   0, NULL),
 			NULL, NULL, true, 1, SPI_OK_SELECT, "computing the next due time");
 	desc = SPI_tuptable->tupdesc;
@@ -383,7 +453,9 @@ taskq_outbox_next_due(TimestampTz *lease)
 	d = value_of(tup, desc, column(desc, "lease_until"), &isnull);
 	*lease = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 	d = value_of(tup, desc, column(desc, "run_at"), &isnull);
-	return isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	due = isnull ? DT_NOEND : DatumGetTimestampTz(d);
+	d = value_of(tup, desc, column(desc, "held_until"), &isnull);
+	return isnull ? due : Min(due, DatumGetTimestampTz(d));
 }
 
 /* ----------------------------------------------------------------
@@ -938,15 +1010,15 @@ taskq_outbox_set_paused(const char *queue, bool paused)
 
 #define INSERT_SQL \
 	"INSERT INTO taskq.tasks (handler, queue, priority, status, payload, metadata," \
-	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key)" \
-	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12)"
+	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key, group_key)" \
+	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12, $13)"
 #define INSERT_TYPES \
 	{TEXTOID, TEXTOID, INT4OID, TEXTOID, JSONBOID, JSONBOID, \
-	 TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID}
+	 TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID, TEXTOID}
 
 static Statement insert_stmt = {
 	.what = "inserting a task", .expect = SPI_OK_INSERT_RETURNING,
-	.nargs = 12, .types = INSERT_TYPES,
+	.nargs = 13, .types = INSERT_TYPES,
 	.sql = INSERT_SQL " RETURNING id"
 };
 
@@ -959,7 +1031,7 @@ static Statement insert_stmt = {
  */
 static Statement insert_dedupe_stmt = {
 	.what = "inserting a task", .expect = SPI_OK_INSERT_RETURNING,
-	.nargs = 12, .types = INSERT_TYPES,
+	.nargs = 13, .types = INSERT_TYPES,
 	.sql = INSERT_SQL
 	" ON CONFLICT (handler, dedupe_key, owner)"
 	" WHERE dedupe_key IS NOT NULL AND status " TASKQ_SQL_LIVE
@@ -984,8 +1056,8 @@ interval_of_ms(int64 ms)
 int64
 taskq_outbox_insert(const TaskqNewTask *t)
 {
-	Datum		values[12];
-	char		nulls[12];
+	Datum		values[13];
+	char		nulls[13];
 	TupleDesc	desc;
 	int64		id;
 
@@ -1005,6 +1077,8 @@ taskq_outbox_insert(const TaskqNewTask *t)
 	values[10] = ObjectIdGetDatum(t->owner);
 	values[11] = t->dedupe_key ? PointerGetDatum(t->dedupe_key) : (Datum) 0;
 	nulls[11] = t->dedupe_key ? ' ' : 'n';
+	values[12] = t->group_key ? PointerGetDatum(t->group_key) : (Datum) 0;
+	nulls[12] = t->group_key ? ' ' : 'n';
 
 	run(t->dedupe_key ? &insert_dedupe_stmt : &insert_stmt, values, nulls, 1);
 	desc = SPI_tuptable->tupdesc;
@@ -1013,6 +1087,38 @@ taskq_outbox_insert(const TaskqNewTask *t)
 	/* enqueue_many() inserts many rows under one SPI connection */
 	SPI_freetuptable(SPI_tuptable);
 	return id;
+}
+
+static Statement grouped_stmt = {
+	.what = "reading a queue", .expect = SPI_OK_SELECT,
+	.nargs = 1, .types = {TEXTOID},
+	.sql = "SELECT FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) $1 AND grouped"
+};
+
+static Statement mark_grouped_stmt = {
+	.what = "marking a queue grouped", .expect = SPI_OK_INSERT,
+	.nargs = 1, .types = {TEXTOID},
+	.sql = "INSERT INTO taskq.queues (name, grouped) VALUES ($1, true)"
+	" ON CONFLICT (name) DO UPDATE SET grouped = true"
+};
+
+/*
+ * A queue that receives a task with a group_key is served round-robin
+ * across group keys from then on (taskq.queues.grouped), by the claim of
+ * limited queues; queues that never see one keep the plain claim.  Look
+ * first (one primary key probe) and write only when the flag is not set
+ * yet, so that concurrent enqueuers of a grouped queue do not queue up on
+ * its row.  No session cache: a rolled-back enqueue takes its mark along.
+ * Runs as the owner of taskq.tasks.
+ */
+void
+taskq_outbox_mark_grouped(const char *queue)
+{
+	Datum		values[1] = {CStringGetTextDatum(queue)};
+
+	run(&grouped_stmt, values, NULL, 1);
+	if (SPI_processed == 0)
+		run(&mark_grouped_stmt, values, NULL, 0);
 }
 
 static Statement finish_sync_stmt = {

@@ -13,6 +13,8 @@
  *	enqueue.c     option resolution, validation, policies, the outbox insert
  *	handlers.c    the handler registry
  *	tasks.c       cancel, retry, ack, nack, wait, pause, resume
+ *	queues.c      set_queue: queue limits and rate parsing
+ *	explain.c     taskq.explain(): why a task is not running
  *	launcher.c    the launcher: which databases get dispatchers
  *	dispatcher.c  the per-database loop: claim, run, record
  *	executors.c   one function per handler kind
@@ -323,12 +325,18 @@ extern void taskq_execute(TaskqTask *task, TaskqHandler *h, bool sync, TaskqOutc
  * ----------------------------------------------------------------
  */
 
-/* What a claim skips: paused queues, disabled handlers (text[] datums). */
+/*
+ * What a plain claim skips: paused and limited queues, disabled handlers
+ * (text[] datums); and the limited queues, which taskq._claim_queue()
+ * claims one by one.
+ */
 typedef struct TaskqExclusions
 {
-	int			n;				/* elements of both */
+	int			n;				/* elements of queues and handlers */
 	Datum		queues;
 	Datum		handlers;
+	int			nlimited;
+	Datum		limited;		/* not paused, in name order */
 } TaskqExclusions;
 
 /* Where a claim goes on from: after this task, within its priority. */
@@ -357,6 +365,9 @@ typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool faile
 extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
 extern int	taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 							   MemoryContext cxt, TaskqTask **tasks);
+extern char **taskq_outbox_limited_queues(const TaskqExclusions *ex);
+extern int	taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip,
+									 MemoryContext cxt, TaskqTask *tasks);
 extern void taskq_outbox_forget_claim_plans(void);
 extern TimestampTz taskq_outbox_next_due(TimestampTz *lease);
 extern bool taskq_outbox_remove_completed(int64 id);
@@ -408,6 +419,7 @@ typedef struct TaskqNewTask
 	int64		timeout_ms;
 	Oid			owner;
 	text	   *dedupe_key;		/* or NULL */
+	text	   *group_key;		/* or NULL */
 } TaskqNewTask;
 
 extern bool taskq_outbox_lock_task(int64 id, Oid caller, bool handler_owner_may,
@@ -421,6 +433,7 @@ extern void taskq_outbox_nack(int64 id, const char *error, int64 delay_ms);
 extern Datum taskq_outbox_poll(int64 id, bool *found, bool *ended, TransactionId *xmin);
 extern void taskq_outbox_set_paused(const char *queue, bool paused);
 extern int64 taskq_outbox_insert(const TaskqNewTask *t);
+extern void taskq_outbox_mark_grouped(const char *queue);
 extern void taskq_outbox_finish_sync(int64 id, const TaskqOutcome *out, int ack_timeout_ms);
 
 /*

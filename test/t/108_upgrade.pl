@@ -230,6 +230,22 @@ like(
 	qr/^message: transactional: 1 prefix: taskq\.upgraded, sz: \d+ content:\{"id": $logical_id, "handler": "kafka", .*"payload": \{"n": 900\}.*"owner": "alice"\}$/,
 	'it reaches a logical-decoding client as a transactional message');
 sql(q{SELECT pg_drop_replication_slot('upgrade_slot')});
+# queue limits and group keys (issue 9) on the updated database
+is( sql(q{SELECT count(*) > 50 AND bool_and(group_key IS NULL) FROM taskq.tasks}),
+	't', 'the tasks of 0.1 have group_key NULL');
+is( sql(q{SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute
+          WHERE attrelid = 'taskq.queues'::regclass AND attnum > 0 AND NOT attisdropped
+            AND attname IN ('concurrency', 'group_concurrency', 'rate_limit', 'group_rate_limit', 'aging')}),
+	'concurrency,group_concurrency,rate_limit,group_rate_limit,aging',
+	'taskq.queues has the limit columns');
+sql(q{SELECT taskq.set_queue('held', concurrency => 1, rate_limit => '50/1s')});
+is( sql(q{SELECT concurrency || ' ' || rate_limit || ' ' || paused FROM taskq.queues WHERE name = 'held'}),
+	'1 50/1s false', 'set_queue() sets the limits of a queue that 0.1 paused and 0.2 resumed');
+my $grouped = sql(q{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 900}', queue => 'held', group_key => 'tenant-9')});
+ok(wait_task_status($node, $grouped, 'completed'), 'a task with a group_key in the limited queue completes');
+is(sql(qq{SELECT group_key FROM taskq.tasks WHERE id = $grouped}), 'tenant-9', 'with its group_key stored');
+like(sql(qq{SELECT taskq.explain($grouped)}), qr/^task $grouped ended with status completed at /,
+	'and explain() says so');
 
 # ---------------------------------------------------------------------
 # Updated = fresh: the same objects, definitions, privileges, comments.
