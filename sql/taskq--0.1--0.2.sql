@@ -332,6 +332,12 @@ RETURNS TABLE (id bigint, handler text, queue text, priority int, attempts int, 
                metadata jsonb, expired boolean)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
+-- custom plans: a queue without aging folds taskq._effective_priority()
+-- to the stored priority, and each group's tasks come in index order
+SET plan_cache_mode = force_custom_plan
+-- the grouped claim's estimates are large (one lookup per group) and its
+-- run short: compiling it would cost more than it runs
+SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
