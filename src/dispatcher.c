@@ -820,6 +820,7 @@ run_task(TaskqTask *task, TaskqHandler *h)
 	Oid			save_userid;
 	int			save_sec;
 	ErrorData  *edata = NULL;
+	TaskqOutcome out;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	BeginInternalSubTransaction(NULL);
@@ -828,18 +829,11 @@ run_task(TaskqTask *task, TaskqHandler *h)
 
 	PG_TRY();
 	{
-		TaskqOutcome out;
-
 		check_startable(task, h, &cancelled);
 		run_handler_as_owner(task, h, save_userid, save_sec, &out);
 		keep_success(task, &out, &cancelled);
 		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
 		ok = true;
-		trace_dispatch(task, h, start, out.status);
-		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
-							strcmp(out.status, "completed") == 0, 0, 0);
 	}
 	PG_CATCH();
 	{
@@ -847,11 +841,24 @@ run_task(TaskqTask *task, TaskqHandler *h)
 	}
 	PG_END_TRY();
 
+	/*
+	 * From here on the handler's part is over: its effects are released
+	 * into the run transaction (or rolled back), so an error below is ours
+	 * and aborts the run transaction, never a failure of the handler.
+	 */
+	MemoryContextSwitchTo(oldcontext);
+	CurrentResourceOwner = oldowner;
 	/* session-level advisory locks a handler took must not outlive it */
 	LockReleaseSession(USER_LOCKMETHOD);
 	my_slot->processed++;		/* only we write it; readers tolerate a stale value */
 	if (!ok)
 		record_error(task, h, start, edata, cancelled);
+	else
+	{
+		trace_dispatch(task, h, start, out.status);
+		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
+							strcmp(out.status, "completed") == 0, 0, 0);
+	}
 }
 
 /*
