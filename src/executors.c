@@ -38,7 +38,7 @@
 
 /*
  * Whether an error from parsing and looking up a target is about the
- * target (its syntax, a name, a type: classes 22 and 42).  Anything else,
+ * target (its syntax, a name, a type, a schema: classes 22, 42 and 3F).  Anything else,
  * above all the query_canceled of a timeout or cancel() that arrived
  * during the lookup, is not the target's fault and must reach the caller
  * as it was raised, so that the dispatcher records a timeout or a cancel
@@ -50,7 +50,8 @@ is_target_error(int sqlerrcode)
 	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
 
 	return category == ERRCODE_DATA_EXCEPTION ||
-		category == ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION;
+		category == ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION ||
+		category == ERRCODE_INVALID_SCHEMA_NAME;
 }
 
 /*
