@@ -122,12 +122,45 @@ end_task(void)
 }
 
 /*
+ * Set when a SIGTERM came from another process: someone stopped us on
+ * purpose (the launcher, the postmaster, an operator's
+ * pg_terminate_backend()).  A SIGTERM we sent ourselves is a handler's
+ * pg_terminate_backend(pg_backend_pid()): the handler killing its worker.
+ */
+static volatile sig_atomic_t stopped_from_outside = false;
+
+static void
+dispatcher_sigterm(int signo, siginfo_t *info, void *context)
+{
+	if (info == NULL || info->si_pid != MyProcPid)
+		stopped_from_outside = true;
+	die(signo);
+}
+
+/* SIGTERM as die() handles it, but knowing who sent it. */
+static void
+set_sigterm_handler(void)
+{
+	struct sigaction act;
+
+	memset(&act, 0, sizeof(act));
+	act.sa_sigaction = dispatcher_sigterm;
+	sigemptyset(&act.sa_mask);
+	act.sa_flags = SA_SIGINFO | SA_RESTART;
+	if (sigaction(SIGTERM, &act, NULL) < 0)
+		elog(FATAL, "taskq: could not set the SIGTERM handler: %m");
+}
+
+/*
  * Before exit, and before we leave the slot (see reap_orphans): a handler
  * that was running when we exited becomes a suspect.  If the launcher
  * terminated us because the handler ignored its timeout, a timeout one;
- * if it ignored a cancel(), none (its task is 'cancelled' already); else
- * a crash one (FATAL, e.g. it terminated its own backend).  The shared
- * suspect replaces the crash marker file, which only a crash keeps.
+ * if it ignored a cancel(), none (its task is 'cancelled' already).  A
+ * planned stop (the launcher marked the slot, or the SIGTERM came from
+ * another process) charges nothing: the handler's subtransaction rolls
+ * back and the task goes back to 'queued' as it was.  Else a crash one
+ * (FATAL, e.g. it terminated its own backend).  The shared suspect
+ * replaces the crash marker file, which only a crash keeps.
  */
 static void
 dispatcher_exit(int code, Datum arg)
@@ -142,25 +175,37 @@ dispatcher_exit(int code, Datum arg)
 			taskq_add_suspect(my_slot->dboid, my_slot->stop_task, TASKQ_CAUSE_TIMEOUT);
 		my_slot->exit_reason = TASKQ_EXIT_STOPPED;
 	}
+	else if (my_slot->stop_cause == TASKQ_CAUSE_STOP || stopped_from_outside)
+	{
+		if (my_slot->current_task != 0)
+			elog(LOG, "taskq: dispatcher stopped while running task " INT64_FORMAT "; the task is queued again without a charge",
+				 my_slot->current_task);
+	}
 	else if (my_slot->current_task != 0)
 		taskq_add_suspect(my_slot->dboid, my_slot->current_task, TASKQ_CAUSE_CRASH);
+	/*
+	 * Clear the marker before leaving the slot: the next dispatcher of this
+	 * slot reuses the file, and must find it neither removed nor cleared
+	 * under its own task.
+	 */
+	taskq_suspect_file_close();
 	my_slot->pid = 0;
 	my_slot->procno = -1;
 	my_slot->current_task = 0;
 	LWLockRelease(taskq_lock());
 	taskq_count_dispatcher_exit();	/* after leaving the slot: see reap_orphans */
-	taskq_suspect_file_remove(my_slotno);
 }
 
 /*
- * SIGQUIT (the postmaster resetting after another process crashed):
- * clear our crash marker first, so only the process that actually died
- * has its task charged.  pwrite is async-signal-safe.
+ * SIGQUIT (the postmaster resetting after some process crashed, or an
+ * immediate shutdown): our crash marker stays, flagged as a bystander's,
+ * so that a reset charges the task we were running (shmem.c): its handler
+ * may well have crashed that other process.
  */
 static void
 dispatcher_quickdie(SIGNAL_ARGS)
 {
-	taskq_suspect_file_write(InvalidOid, 0);
+	taskq_suspect_file_mark_bystander();
 	SignalHandlerForCrashExit(postgres_signal_arg);
 }
 
@@ -388,8 +433,25 @@ report_reaped(const TaskqReaped *r)
 }
 
 /*
+ * One reaper at a time per database, until its transaction ends: a reaper
+ * that listed the suspects before another's charges committed would find a
+ * charged suspect 'queued' and charge it again.  An advisory lock of ours
+ * (field 4 is 3, which pg_advisory_lock() never uses).
+ */
+static void
+lock_reaping(void)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, 0x7461736b, 0x72656170, 3);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
  * Reap (see above) when a dispatcher has exited since we last did, then
- * delay the retries of timed-out orphans and forget the charged suspects.
+ * delay the retries of timed-out orphans and forget the suspects that are
+ * charged or whose task ended otherwise (a suspect of a task that another
+ * session finished would stay in the bounded list for ever).
  */
 static void
 reap_orphans(void)
@@ -398,6 +460,7 @@ reap_orphans(void)
 	int			nsuspects;
 	int64		charged[MAX_REAPED];
 	int			ncharged = 0;
+	int64		ended[MAX_REAPED];
 	int			ndelayed = 0;
 	TaskqReaped *rows;
 	int			nrows;
@@ -407,6 +470,7 @@ reap_orphans(void)
 	exits = taskq_dispatcher_exits();	/* before the scan: later exits reap again */
 	if (reaped && exits == exits_reaped)
 		return;
+	lock_reaping();
 	nsuspects = taskq_list_suspects(MyDatabaseId, suspects, lengthof(suspects));
 	nrows = taskq_outbox_reap(suspects, nsuspects, &rows);
 	for (i = 0; i < nrows; i++)
@@ -417,6 +481,8 @@ reap_orphans(void)
 			ndelayed++ < MAX_REAPED)
 			delay_retry(rows[i].id, rows[i].attempts);
 	taskq_forget_suspects(MyDatabaseId, charged, ncharged);
+	/* suspects whose task ended otherwise (or is gone) can never be charged */
+	taskq_forget_suspects(MyDatabaseId, ended, taskq_outbox_ended(suspects, nsuspects, ended));
 	reaped = true;
 	exits_reaped = exits;
 }
@@ -866,6 +932,7 @@ run_task(TaskqTask *task, TaskqHandler *h)
 	Oid			save_userid;
 	int			save_sec;
 	ErrorData  *edata = NULL;
+	TaskqOutcome out;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec);
 	BeginInternalSubTransaction(NULL);
@@ -874,18 +941,11 @@ run_task(TaskqTask *task, TaskqHandler *h)
 
 	PG_TRY();
 	{
-		TaskqOutcome out;
-
 		check_startable(task, h, &cancelled);
 		run_handler_as_owner(task, h, save_userid, save_sec, &out);
 		keep_success(task, &out, &cancelled);
 		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
 		ok = true;
-		trace_dispatch(task, h, start, out.status);
-		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
-							strcmp(out.status, "completed") == 0, 0, 0);
 	}
 	PG_CATCH();
 	{
@@ -893,11 +953,24 @@ run_task(TaskqTask *task, TaskqHandler *h)
 	}
 	PG_END_TRY();
 
+	/*
+	 * From here on the handler's part is over: its effects are released
+	 * into the run transaction (or rolled back), so an error below is ours
+	 * and aborts the run transaction, never a failure of the handler.
+	 */
+	MemoryContextSwitchTo(oldcontext);
+	CurrentResourceOwner = oldowner;
 	/* session-level advisory locks a handler took must not outlive it */
 	LockReleaseSession(USER_LOCKMETHOD);
 	my_slot->processed++;		/* only we write it; readers tolerate a stale value */
 	if (!ok)
 		record_error(task, h, start, edata, cancelled);
+	else
+	{
+		trace_dispatch(task, h, start, out.status);
+		taskq_count_outcome(MyDatabaseId, task->queue, task->handler,
+							strcmp(out.status, "completed") == 0, 0, 0);
+	}
 }
 
 /*
@@ -1025,7 +1098,7 @@ taskq_dispatcher_main(Datum arg)
 	my_slot = taskq_slot(my_slotno);
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	set_sigterm_handler();
 	pqsignal(SIGQUIT, dispatcher_quickdie);
 	BackgroundWorkerUnblockSignals();
 

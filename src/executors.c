@@ -21,6 +21,7 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
+#include "common/hashfn.h"
 #include "commands/async.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
@@ -35,6 +36,24 @@
  * Targets, checked at registration
  * ----------------------------------------------------------------
  */
+
+/*
+ * Whether an error from parsing and looking up a target is about the
+ * target (its syntax, a name, a type, a schema: classes 22, 42 and 3F).  Anything else,
+ * above all the query_canceled of a timeout or cancel() that arrived
+ * during the lookup, is not the target's fault and must reach the caller
+ * as it was raised, so that the dispatcher records a timeout or a cancel
+ * and not a bad handler.
+ */
+static bool
+is_target_error(int sqlerrcode)
+{
+	int			category = ERRCODE_TO_CATEGORY(sqlerrcode);
+
+	return category == ERRCODE_DATA_EXCEPTION ||
+		category == ERRCODE_SYNTAX_ERROR_OR_ACCESS_RULE_VIOLATION ||
+		category == ERRCODE_INVALID_SCHEMA_NAME;
+}
 
 /*
  * Parse 'schema.fn(jsonb)' (or 'schema.fn', meaning the same) and look the
@@ -71,6 +90,8 @@ lookup_function(const char *target, char **sig_out)
 	PG_END_TRY();
 
 	/* a missing function or schema is "does not exist"; the rest is syntax */
+	if (edata != NULL && !is_target_error(edata->sqlerrcode))
+		ReThrowError(edata);
 	if (edata != NULL &&
 		edata->sqlerrcode != ERRCODE_UNDEFINED_FUNCTION &&
 		edata->sqlerrcode != ERRCODE_UNDEFINED_SCHEMA)
@@ -207,12 +228,39 @@ log_check_target(const char *target)
  */
 typedef struct FunctionPlan
 {
-	char		target[NAMEDATALEN * 4];	/* hash key: 'schema.fn(jsonb)' */
+	char	   *target;			/* hash key: 'schema.fn(jsonb)', all of it */
 	SPIPlanPtr	plan;			/* NULL: build at the next call */
 	Oid			result_type;	/* what the plan returns: jsonb or void */
 } FunctionPlan;
 
 static HTAB *function_plans = NULL;
+
+/*
+ * The plans are keyed by the whole target text, however long: a key cut
+ * at a fixed length would let two targets that share its first bytes
+ * share a plan, and one handler call the other's function.  The key is a
+ * pointer to the text; a new entry keeps its own copy.
+ */
+static uint32
+target_hash(const void *key, Size keysize)
+{
+	const char *s = *(const char *const *) key;
+
+	return DatumGetUInt32(hash_any((const unsigned char *) s, strlen(s)));
+}
+
+static int
+target_match(const void *key1, const void *key2, Size keysize)
+{
+	return strcmp(*(const char *const *) key1, *(const char *const *) key2);
+}
+
+static void *
+target_keycopy(void *dest, const void *src, Size keysize)
+{
+	*(char **) dest = MemoryContextStrdup(TopMemoryContext, *(const char *const *) src);
+	return dest;
+}
 
 /*
  * Build the call of the function that target names now.  The call is by
@@ -252,20 +300,21 @@ function_plan(const char *target)
 {
 	FunctionPlan *fp;
 	bool		found;
-	char		key[NAMEDATALEN * 4];
 
 	if (function_plans == NULL)
 	{
 		HASHCTL		ctl;
 
 		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(key);
+		ctl.keysize = sizeof(char *);
 		ctl.entrysize = sizeof(FunctionPlan);
-		function_plans = hash_create("taskq function plans", 64, &ctl, HASH_ELEM | HASH_STRINGS);
+		ctl.hash = target_hash;
+		ctl.match = target_match;
+		ctl.keycopy = target_keycopy;
+		function_plans = hash_create("taskq function plans", 64, &ctl,
+									 HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_KEYCOPY);
 	}
-	memset(key, 0, sizeof(key));
-	strlcpy(key, target, sizeof(key));
-	fp = hash_search(function_plans, key, HASH_ENTER, &found);
+	fp = hash_search(function_plans, &target, HASH_ENTER, &found);
 	if (!found)
 		fp->plan = NULL;
 	if (fp->plan != NULL && !SPI_plan_is_valid(fp->plan))

@@ -565,15 +565,33 @@ end_old_dispatchers(void)
 {
 	int			i;
 
-	LWLockAcquire(taskq_lock(), LW_SHARED);
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
 	for (i = 0; i < taskq_slot_count(); i++)
 	{
 		TaskqSlot  *s = taskq_slot(i);
 
 		if (s->in_use && s->pid != 0)
+		{
+			s->stop_cause = TASKQ_CAUSE_STOP;	/* planned: charges nothing */
 			(void) kill(s->pid, SIGTERM);
+		}
 	}
 	LWLockRelease(taskq_lock());
+}
+
+/*
+ * Stop a dispatcher that is no longer wanted.  The slot says first that
+ * this is a planned stop, so that the task its handler runs goes back to
+ * 'queued' uncharged instead of counting a crash.
+ */
+static void
+stop_unwanted(Wanted *w)
+{
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	if (taskq_slot(w->slot)->stop_task == 0)
+		taskq_slot(w->slot)->stop_cause = TASKQ_CAUSE_STOP;
+	LWLockRelease(taskq_lock());
+	TerminateBackgroundWorker(w->handle);
 }
 
 static void
@@ -616,7 +634,8 @@ stop_overrunning_handlers(void)
 	{
 		TaskqSlot  *s = taskq_slot(i);
 
-		if (!s->in_use || s->pid == 0 || s->current_task == 0 || s->stop_task != 0)
+		if (!s->in_use || s->pid == 0 || s->current_task == 0 || s->stop_task != 0 ||
+			s->stop_cause == TASKQ_CAUSE_STOP)
 			continue;
 		if (s->task_deadline > now)
 		{
@@ -694,7 +713,7 @@ reconcile(void)
 		if (!w->seen)
 		{
 			if (w->slot >= 0 && w->handle != NULL)
-				TerminateBackgroundWorker(w->handle);
+				stop_unwanted(w);
 			continue;
 		}
 		if (w->slot < 0 && now >= w->next_start)

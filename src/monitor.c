@@ -234,6 +234,7 @@ taskq_orphan_cause(PG_FUNCTION_ARGS)
 			PG_RETURN_TEXT_P(cstring_to_text("timeout"));
 		case TASKQ_CAUSE_NONE:
 		case TASKQ_CAUSE_CANCEL:
+		case TASKQ_CAUSE_STOP:
 			break;
 	}
 	PG_RETURN_NULL();

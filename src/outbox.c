@@ -1145,3 +1145,36 @@ taskq_outbox_finish_sync(int64 id, const TaskqOutcome *out, int ack_timeout_ms)
 
 	run(&finish_sync_stmt, values, nulls, 0);
 }
+
+/*
+ * Which of these tasks have ended or are gone (into ended; how many): the
+ * suspects among them can no longer be charged and are forgotten.  A
+ * 'running' or 'queued' one may still be, by a later reap.
+ */
+#define ENDED_SQL \
+	"SELECT i FROM pg_catalog.unnest($1) i WHERE NOT EXISTS" \
+	" (SELECT FROM taskq.tasks t WHERE t.id OPERATOR(pg_catalog.=) i" \
+	"  AND t.status OPERATOR(pg_catalog.=) ANY ('{queued,running}'::taskq.status[]))"
+
+int
+taskq_outbox_ended(const int64 *ids, int n, int64 *ended)
+{
+	static SPIPlanPtr ended_plan = NULL;
+	Datum	   *elems = palloc(sizeof(Datum) * Max(n, 1));
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		values[1];
+	bool		isnull;
+	int			ret;
+	uint64		i;
+
+	for (i = 0; i < (uint64) n; i++)
+		elems[i] = Int64GetDatum(ids[i]);
+	values[0] = PointerGetDatum(construct_array(elems, n, INT8OID, sizeof(int64),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ret = SPI_execute_plan(taskq_prepare(&ended_plan, ENDED_SQL, 1, types), values, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "taskq: looking up suspects' tasks failed: %s", SPI_result_code_string(ret));
+	for (i = 0; i < SPI_processed && i < (uint64) n; i++)
+		ended[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+	return (int) i;
+}

@@ -17,12 +17,28 @@
  * is about to run into its own small file, pg_stat_tmp/taskq_slot_<n>
  * (mapped into memory, so marking costs no system call), and clears it
  * after.  When a handler kills its worker (FATAL) the slot's before-exit
- * callback records the task as a suspect; when it takes the server down
- * (a crash restart re-creates shared memory) the postmaster reads the files
- * back here.  Dispatchers charge each suspect one attempt, every crash
- * (DESIGN §6), so a task that keeps killing its worker ends 'failed' after
- * max_attempts, having reset the server at most that often, while the
- * other tasks of its batch are not charged.
+ * callback records the task as a suspect; when the server resets (a crash
+ * restart re-creates shared memory) the postmaster reads the files back
+ * here.  Every task that was running at a reset is charged, the one whose
+ * dispatcher died and those of the dispatchers the postmaster then stopped
+ * with SIGQUIT alike: a handler can crash the server from another process
+ * (a backend or parallel worker it talks to, a second dispatcher), and
+ * only charging every running task bounds the resets it causes.  A marker
+ * names one task, and a reset reads each file once, so each task is
+ * charged once per reset.  The files of a server that was shut down
+ * immediately (SIGQUIT too, but no crash) are read at the next start
+ * without their bystanders: a shutdown charges nobody.  Dispatchers charge
+ * each suspect one attempt, every crash (DESIGN §6), so a task that keeps
+ * killing its worker or the server ends 'failed' after max_attempts,
+ * having reset the server at most that often, while the other tasks of
+ * its batch are not charged.
+ *
+ * A planned stop (the launcher's, or an operator's pg_terminate_backend())
+ * is not a crash: the dispatcher leaves no suspect, and its task goes back
+ * to 'queued' as it was.  Suspects are forgotten when charged, or when the
+ * task they name has ended otherwise; the list is bounded, and when full
+ * the oldest suspect makes room (with a log line), so that the newest
+ * crash is always charged.
  *
  * The files are in pg_stat_tmp because pg_basebackup and pg_rewind copy
  * nothing of its contents (pg_stat_statements keeps its query texts there
@@ -71,11 +87,16 @@
 #define TASKQ_CANCEL_RING	64
 #define TASKQ_MAX_STARVED	64
 
-/* A dispatcher's crash marker file: the task whose handler runs, or 0. */
+/*
+ * A dispatcher's crash marker file: the task whose handler runs, or 0, and
+ * whether the dispatcher was only a bystander of the server's end (it got
+ * SIGQUIT: another process crashed, or an immediate shutdown).
+ */
 typedef struct TaskqMarker
 {
 	Oid			dboid;
 	int64		task_id;
+	int32		bystander;
 } TaskqMarker;
 
 /*
@@ -93,6 +114,7 @@ typedef struct TaskqSuspect
 	Oid			dboid;
 	int64		task_id;
 	TaskqCause	cause;			/* crash or timeout */
+	uint64		seq;			/* order of arrival: the oldest is evicted first */
 } TaskqSuspect;
 
 typedef struct TaskqShared
@@ -103,6 +125,7 @@ typedef struct TaskqShared
 	int			launcher_procno;
 	pg_atomic_uint64 launcher_pass; /* when it next checks deadlines */
 	int			nsuspects;
+	uint64		suspect_seq;
 	TaskqSuspect suspects[TASKQ_MAX_SUSPECTS];
 	int			next_wakeups;
 	Oid			ext_wakeups[TASKQ_MAX_EXT_WAKEUPS];
@@ -229,14 +252,63 @@ remove_legacy_markers(void)
 }
 
 /*
+ * Add a suspect (under mutex, or in the postmaster before anyone else can
+ * look).  A task already suspected is not added twice: one charge per
+ * death.  A full list evicts its oldest entry into *evicted (task_id 0 if
+ * none): a suspect that old was most likely left by a database that no
+ * dispatcher serves any more, and the newest crash must be charged.
+ */
+static bool
+add_suspect(Oid dboid, int64 task_id, TaskqCause cause, TaskqSuspect *evicted)
+{
+	TaskqSuspect *s = NULL;
+	int			i;
+
+	evicted->task_id = 0;
+	for (i = 0; i < shared->nsuspects; i++)
+		if (shared->suspects[i].dboid == dboid && shared->suspects[i].task_id == task_id)
+			return false;
+	if (shared->nsuspects < TASKQ_MAX_SUSPECTS)
+		s = &shared->suspects[shared->nsuspects++];
+	else
+	{
+		s = &shared->suspects[0];
+		for (i = 1; i < shared->nsuspects; i++)
+			if (shared->suspects[i].seq < s->seq)
+				s = &shared->suspects[i];
+		*evicted = *s;
+	}
+	s->dboid = dboid;
+	s->task_id = task_id;
+	s->cause = cause;
+	s->seq = ++shared->suspect_seq;
+	return true;
+}
+
+/* Say which suspect a full list gave up (outside the spinlock). */
+static void
+log_evicted(const TaskqSuspect *evicted)
+{
+	if (evicted->task_id != 0)
+		ereport(LOG,
+				(errmsg("taskq: too many uncharged crash suspects; forgot the oldest, task " INT64_FORMAT " of database %u",
+						evicted->task_id, evicted->dboid)));
+}
+
+/*
  * Read the crash markers a crashed server left behind, then remove them.
- * Runs in the postmaster when shared memory is created.
+ * Runs in the postmaster when shared memory is created: at a crash reset
+ * every marked task is a suspect; at the server's start only those whose
+ * dispatcher died without SIGQUIT (the server was shut down immediately,
+ * or crashed and was started by hand).
  */
 static void
 load_suspect_files(void)
 {
+	static bool reset = false;	/* shared memory was created before: a crash reset */
 	DIR		   *dir;
 	struct dirent *de;
+	TaskqSuspect evicted;
 
 	remove_legacy_markers();
 	if (MakePGDirectory(TASKQ_MARKER_DIR) != 0 && errno != EEXIST)
@@ -263,19 +335,18 @@ load_suspect_files(void)
 		n = read(fd, &m, sizeof(m));
 		CloseTransientFile(fd);
 		unlink(path);
-		if (n == sizeof(m) && m.task_id != 0 && shared->nsuspects < TASKQ_MAX_SUSPECTS)
-		{
-			TaskqSuspect *s = &shared->suspects[shared->nsuspects++];
-
-			s->dboid = m.dboid;
-			s->task_id = m.task_id;
-			s->cause = TASKQ_CAUSE_CRASH;
-			ereport(LOG,
-					(errmsg("taskq: task " INT64_FORMAT " was running when a dispatcher died; its crash will be counted when a dispatcher starts",
-							m.task_id)));
-		}
+		if (n != sizeof(m) || m.task_id == 0 || (m.bystander && !reset))
+			continue;
+		(void) add_suspect(m.dboid, m.task_id, TASKQ_CAUSE_CRASH, &evicted);
+		log_evicted(&evicted);
+		ereport(LOG,
+				(errmsg(m.bystander ?
+						"taskq: task " INT64_FORMAT " was running when the server reset; its crash will be counted when a dispatcher starts" :
+						"taskq: task " INT64_FORMAT " was running when a dispatcher died; its crash will be counted when a dispatcher starts",
+						m.task_id)));
 	}
 	FreeDir(dir);
+	reset = true;				/* the next creation in this postmaster is a reset */
 }
 
 static void
@@ -882,15 +953,12 @@ taskq_dispatcher_exits(void)
 void
 taskq_add_suspect(Oid dboid, int64 task_id, TaskqCause cause)
 {
+	TaskqSuspect evicted;
+
 	SpinLockAcquire(&shared->mutex);
-	if (shared->nsuspects < TASKQ_MAX_SUSPECTS)
-	{
-		shared->suspects[shared->nsuspects].dboid = dboid;
-		shared->suspects[shared->nsuspects].task_id = task_id;
-		shared->suspects[shared->nsuspects].cause = cause;
-		shared->nsuspects++;
-	}
+	(void) add_suspect(dboid, task_id, cause, &evicted);
 	SpinLockRelease(&shared->mutex);
+	log_evicted(&evicted);
 }
 
 /* Why the task's handler ended with its dispatcher; NONE if it did not. */
@@ -925,6 +993,10 @@ taskq_list_suspects(Oid dboid, int64 *ids, int max)
 	return n;
 }
 
+/*
+ * Forget the suspects of dboid that ids names: charged, or resolved
+ * otherwise (their task ended without them, or is gone).
+ */
 void
 taskq_forget_suspects(Oid dboid, const int64 *ids, int n)
 {
@@ -971,6 +1043,19 @@ taskq_suspect_file_open(int slot)
 }
 
 /*
+ * SIGQUIT: the server is going down around this dispatcher (another
+ * process crashed, or an immediate shutdown).  The marker stays, flagged:
+ * a reset charges it (see load_suspect_files), a shutdown does not.
+ * Async-signal-safe: one store.
+ */
+void
+taskq_suspect_file_mark_bystander(void)
+{
+	if (suspect_map != NULL)
+		suspect_map->bystander = 1;
+}
+
+/*
  * Record (or, with task_id 0, clear) the task whose handler is running.
  * The file is mapped shared, so this is two stores, no system call; the
  * page survives a process crash (it is the kernel's), not an OS crash,
@@ -987,18 +1072,20 @@ taskq_suspect_file_write(Oid dboid, int64 task_id)
 	suspect_map->task_id = task_id;
 }
 
+/*
+ * A dispatcher exits: clear its marker and unmap it.  The file stays for
+ * the next dispatcher of the slot (an empty marker means nothing); removing
+ * it could remove the file that dispatcher has already opened, whose
+ * markers the postmaster would then never see.
+ */
 void
-taskq_suspect_file_remove(int slot)
+taskq_suspect_file_close(void)
 {
-	char		path[MAXPGPATH];
-
-	if (suspect_map != NULL)
-	{
-		munmap((void *) suspect_map, sizeof(TaskqMarker));
-		suspect_map = NULL;
-	}
-	snprintf(path, sizeof(path), "%s/" TASKQ_MARKER_PREFIX "%d", TASKQ_MARKER_DIR, slot);
-	unlink(path);
+	if (suspect_map == NULL)
+		return;
+	taskq_suspect_file_write(InvalidOid, 0);
+	munmap((void *) suspect_map, sizeof(TaskqMarker));
+	suspect_map = NULL;
 }
 
 /* ----------------------------------------------------------------

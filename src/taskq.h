@@ -127,14 +127,17 @@ typedef enum TaskqExitReason
  * Why a task's handler ended with its dispatcher: the dispatcher died under
  * it (a crash, charged as an attempt and counted in crashes), or the
  * launcher terminated it because the handler ignored its timeout (charged
- * as a timed-out attempt) or a cancel() (the task is already 'cancelled').
+ * as a timed-out attempt) or a cancel() (the task is already 'cancelled'),
+ * or the dispatcher was stopped on purpose (a planned stop: nothing is
+ * charged, the task goes back to 'queued').
  */
 typedef enum TaskqCause
 {
 	TASKQ_CAUSE_NONE,
 	TASKQ_CAUSE_CRASH,
 	TASKQ_CAUSE_TIMEOUT,
-	TASKQ_CAUSE_CANCEL
+	TASKQ_CAUSE_CANCEL,
+	TASKQ_CAUSE_STOP
 } TaskqCause;
 
 /*
@@ -142,7 +145,8 @@ typedef enum TaskqCause
  * dboid and index; the dispatcher owns the rest while it lives, except
  * that a committing cancel() brings task_deadline forward (and sets
  * task_cancelled), and the launcher sets stop_task and stop_cause when it
- * terminates a dispatcher whose handler is past task_deadline.  Readers
+ * terminates a dispatcher whose handler is past task_deadline, or
+ * stop_cause alone (TASKQ_CAUSE_STOP) when it stops one on purpose.  Readers
  * take TaskqShared->lock shared; writers take it exclusive, except for
  * the counters, which only the owner writes and monitoring reads torn-free
  * enough on every platform we build for.
@@ -209,7 +213,8 @@ extern uint64 taskq_dispatcher_exits(void);
 extern void taskq_forget_suspects(Oid dboid, const int64 *ids, int n);
 extern void taskq_suspect_file_open(int slot);
 extern void taskq_suspect_file_write(Oid dboid, int64 task_id);
-extern void taskq_suspect_file_remove(int slot);
+extern void taskq_suspect_file_mark_bystander(void);
+extern void taskq_suspect_file_close(void);
 
 extern void taskq_count_outcome(Oid dboid, const char *queue, const char *handler,
 								int64 completed, int64 failed, int64 retried);
@@ -374,6 +379,7 @@ extern bool taskq_outbox_remove_completed(int64 id);
 extern bool taskq_outbox_complete(int64 id, const TaskqOutcome *out, int ack_timeout_ms);
 extern bool taskq_outbox_fail(int64 id, const char *error, int64 delay_ms, bool timed_out);
 extern int	taskq_outbox_reap(const int64 *suspects, int nsuspects, TaskqReaped **reaped);
+extern int	taskq_outbox_ended(const int64 *ids, int n, int64 *ended);
 extern void taskq_outbox_delay(int64 id, int64 delay_ms);
 extern void taskq_outbox_expire_leases(TaskqLeaseFn each);
 extern void taskq_outbox_expire_tasks(void);

@@ -128,6 +128,9 @@ for my $f (glob "$newfiles/extension/*")
 {
 	copy($f, "$share/extension/") or die "copy $f: $!";
 }
+# The postmaster logs each dispatcher start at DEBUG1: the launcher's
+# retries of the waiting dispatchers are counted in the log below.
+$node->append_conf('postgresql.conf', "log_min_messages = debug1\n");
 my $log_offset = -s $node->logfile;
 $node->start;
 
@@ -141,9 +144,27 @@ isnt($ret, 0, 'enqueue() before the update fails');
 like($err, qr/taskq's SQL objects in this database are at version 0\.1, but the loaded library is 0\.2/,
 	'naming both versions');
 like($err, qr/HINT:  Run ALTER EXTENSION taskq UPDATE/, 'with the command to run');
-my $since_start = substr(slurp_file($node->logfile), $log_offset);
+# The launcher starts the waiting dispatchers again every 10 s: poll the
+# log until dispatcher 0 of database postgres has started three times (the
+# first start and two retries, each of which found the version wrong again),
+# at most 60 s, then the line must still be there only once.
+my $postgres_oid = sql(q{SELECT oid FROM pg_database WHERE datname = 'postgres'});
+my $since_start;
+my $starts = 0;
+my $poll_until = time() + 60;
+while (time() < $poll_until)
+{
+	$since_start = substr(slurp_file($node->logfile), $log_offset);
+	$starts = () = $since_start =~
+	  /starting background worker process "taskq dispatcher 0 for database $postgres_oid"/g;
+	last if $starts >= 3;
+	select(undef, undef, undef, 0.2);
+}
+ok($starts >= 3, "the launcher retried the waiting dispatcher at least twice ($starts starts)");
 is( () = $since_start =~ /is at version 0\.1, but the installed library/g,
-	1, 'the line is logged once');
+	1, 'the line is logged once, over two retries');
+$node->append_conf('postgresql.conf', "log_min_messages = warning\n");
+$node->reload;
 
 # ---------------------------------------------------------------------
 # ALTER EXTENSION taskq UPDATE.
