@@ -55,6 +55,7 @@ typedef struct EnqueueOptions
 	int			mode;
 	Jsonb	   *metadata;
 	Oid			owner;			/* the calling role, read before any switch */
+	TaskqDeps	deps;			/* after: the live parents (deps.c) */
 } EnqueueOptions;
 
 static SPIPlanPtr insert_plan = NULL;
@@ -263,6 +264,7 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 	resolve_expires_at(fcinfo, o);
 	resolve_mode(fcinfo, o);
 	check_metadata(fcinfo, o);
+	taskq_deps_resolve(fcinfo, o->owner, o->mode == TASKQ_MODE_SYNC, &o->deps);
 }
 
 /* index: 1-based position in enqueue_many's array, 0 for enqueue() */
@@ -548,10 +550,11 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload)
 	if (o->mode == TASKQ_MODE_ASYNC)
 	{
 		taskq_become_owner(&save);
-		id = insert_task(o, payload, "queued", &inserted);
+		id = insert_task(o, payload, taskq_deps_status(&o->deps), &inserted);
 		taskq_restore_user(&save);
 		if (inserted)
 		{
+			taskq_deps_link(&o->deps, id);
 			taskq_request_wakeup_at_commit(1);
 			warn_if_nothing_dispatches();
 			warn_if_no_dispatcher_started();

@@ -12,6 +12,7 @@
  *	enqueue.c     option resolution, validation, policies, the outbox insert
  *	handlers.c    the handler registry
  *	tasks.c       cancel, retry, ack, nack, wait, pause, resume
+ *	deps.c        dependencies between tasks (after), current_task()
  *	launcher.c    the launcher: which databases get dispatchers
  *	dispatcher.c  the per-database loop: claim, run, record
  *	executors.c   one function per handler kind
@@ -50,7 +51,12 @@
  * that run as the table owner must not resolve operators through a
  * caller's search_path.
  */
-#define TASKQ_SQL_LIVE	"OPERATOR(pg_catalog.=) ANY ('{queued,running,dispatched}'::taskq.status[])"
+/*
+ * Live is "not ended", so that 'waiting' (added in 0.2, and so unnamable in
+ * the update script's index predicates) counts; tasks_dedupe_idx has this
+ * predicate, word for word, so that the dedupe lookups can use it.
+ */
+#define TASKQ_SQL_LIVE	"OPERATOR(pg_catalog.<>) ALL ('{completed,failed,cancelled,timeout,expired}'::taskq.status[])"
 #define TASKQ_SQL_ENDED	"OPERATOR(pg_catalog.=) ANY ('{completed,failed,cancelled,timeout,expired}'::taskq.status[])"
 
 /* ----------------------------------------------------------------
@@ -386,6 +392,22 @@ extern TaskqKind taskq_parse_kind(const char *name);
 extern const char *taskq_kind_name(TaskqKind kind);
 extern const char *taskq_kind_hint(void);
 extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
+
+/* ----------------------------------------------------------------
+ * Dependencies (deps.c): enqueue's after option
+ * ----------------------------------------------------------------
+ */
+typedef struct TaskqDeps
+{
+	int			n;				/* live parents, each once */
+	int64	   *parents;
+} TaskqDeps;
+
+extern int64 taskq_running_task;	/* whose handler runs here; 0: none */
+extern void taskq_deps_resolve(FunctionCallInfo fcinfo, Oid caller, bool sync, TaskqDeps *deps);
+extern const char *taskq_deps_status(const TaskqDeps *deps);
+extern void taskq_deps_link(const TaskqDeps *deps, int64 child);
+extern char *taskq_deps_explain(int64 id);
 
 /* ----------------------------------------------------------------
  * Workers

@@ -167,7 +167,7 @@ taskq_cancel(PG_FUNCTION_ARGS)
 	SPI_connect();
 	taskq_become_owner(&save);
 	lock_task(id, caller, false, &t);
-	if (status_is(&t, "queued", "running", "dispatched"))
+	if (status_is(&t, "queued", "running", "dispatched") || status_is(&t, "waiting", NULL, NULL))
 	{
 		if (SPI_execute_plan(taskq_prepare(&cancel_plan,
 										   "UPDATE taskq.tasks SET status = 'cancelled',"
