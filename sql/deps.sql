@@ -112,6 +112,19 @@ SELECT count(*) AS deps_left FROM taskq.task_deps WHERE child IN (:w8, :ww8);
 SELECT taskq.ack(:p8);
 SELECT id, status FROM taskq.tasks WHERE id IN (:w8, :ww8) ORDER BY id;
 
+-- unregister_handler() ends a waiting task as it ends other live ones
+SELECT taskq.register_handler('deps_gone', 'app.record');
+SELECT taskq.enqueue('deps_notify', '{"p": 10}', mode => 'sync') AS p10 \gset
+SELECT taskq.enqueue('deps_gone', '{"tag": "deps_gone"}', after => ARRAY[:p10]) AS g10 \gset
+SELECT taskq.unregister_handler('deps_gone');
+SELECT status, last_error FROM taskq.tasks WHERE id = :g10;
+SELECT count(*) AS deps_left FROM taskq.task_deps WHERE child = :g10;
+
+-- a waiting task holds its dedupe_key: the same key gets the waiting task
+SELECT taskq.enqueue('deps_fn', '{"tag": "deps_key"}', dedupe_key => 'deps-k', after => ARRAY[:p10]) AS k1 \gset
+SELECT taskq.enqueue('deps_fn', '{"tag": "deps_key"}', dedupe_key => 'deps-k') = :k1 AS same_task;
+SELECT taskq.cancel(:k1);
+
 ------------------------------------------------------------------------
 -- Bad input: each refused with nothing written
 ------------------------------------------------------------------------
