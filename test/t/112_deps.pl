@@ -25,7 +25,7 @@ my $nkids = 1000;
 my $node = taskq_node('deps', <<'EOC');
 taskq.workers = 2
 taskq.batch_size = 16
-taskq.poll_interval = '200ms'
+taskq.poll_interval = '10min'   # released tasks must be woken, not polled for
 restart_after_crash = on
 log_statement = none
 EOC
