@@ -163,9 +163,10 @@ check_parent(int64 id, bool sync)
  * tasks that the caller may see (in id order, so that concurrent enqueues
  * cannot deadlock), check each, and keep the live ones, each once, in
  * deps.  The live parents are marked has_dependants now, still before
- * the new task is written; a rolled-back enqueue leaves that mark, which
- * costs one call of the trigger when the parent ends.  Runs as the owner
- * of taskq.tasks, inside the caller's SPI connection.
+ * the new task is written (the mark rolls back with the enqueue; a mark
+ * whose dependants were all cancelled stays, and costs one call of the
+ * trigger when the parent ends).  Runs as the owner of taskq.tasks,
+ * inside the caller's SPI connection.
  */
 void
 taskq_deps_resolve(FunctionCallInfo fcinfo, Oid caller, bool sync, TaskqDeps *deps)
