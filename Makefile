@@ -12,6 +12,7 @@ OBJS = \
 	src/enqueue.o \
 	src/handlers.o \
 	src/tasks.o \
+	src/deps.o \
 	src/launcher.o \
 	src/dispatcher.o \
 	src/executors.o \
@@ -29,7 +30,7 @@ DATA_built = sql/taskq--0.2.sql
 PGFILEDESC = "taskq - transactional task outbox"
 
 # Explicit list: sql/ also holds the install script.
-REGRESS = setup handlers enqueue options policies api security version logical limits plans
+REGRESS = setup handlers enqueue options policies api security version logical limits plans deps
 REGRESS_OPTS = --inputdir=. --outputdir=$(CURDIR)/results
 
 PG_CPPFLAGS = -I$(srcdir)/src

@@ -544,6 +544,198 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION taskq.explain(bigint)
     IS 'why the task is not running now (or where it runs, or how it ended), in one sentence';
 
+------------------------------------------------------------------------
+-- Dependencies between tasks (issue 12, DESIGN section 11).
+--
+-- enqueue(..., after => ARRAY[ids]) records a task 'waiting' on the
+-- listed tasks that are still live, with one row per (parent, child) in
+-- taskq.task_deps, and marks each parent has_dependants.  A trigger on
+-- the parents' status changes releases or cancels their waiting children
+-- in the same transaction as the parent's completion; no worker polls.
+-- No foreign keys: RI triggers would tax every delete of the outbox.
+--
+-- An extension script runs in one transaction, in which the value
+-- 'waiting' added here cannot be used (no constant, index predicate or
+-- SQL-language body may name it).  The trigger function is plpgsql,
+-- parsed at its first call, and the WHEN clause compares the status as
+-- text.
+------------------------------------------------------------------------
+ALTER TYPE taskq.status ADD VALUE IF NOT EXISTS 'waiting';
+COMMENT ON TYPE taskq.status IS 'life cycle of a task; completed, failed, cancelled, timeout and expired are terminal; waiting waits on other tasks';
+
+ALTER TABLE taskq.tasks ADD COLUMN has_dependants boolean NOT NULL DEFAULT false;
+
+CREATE TABLE taskq.task_deps (
+    parent bigint NOT NULL,
+    child  bigint NOT NULL,
+    CONSTRAINT task_deps_pkey PRIMARY KEY (parent, child)
+);
+-- What a release counts: the parents a waiting child still has.
+CREATE INDEX task_deps_child_idx ON taskq.task_deps (child);
+COMMENT ON TABLE taskq.task_deps IS 'internal: the live parents each waiting task waits on; written by taskq.enqueue(after => ...)';
+REVOKE ALL ON taskq.task_deps FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('taskq.task_deps', '');
+
+-- A waiting task holds its dedupe_key as the other live statuses do: the
+-- index's predicate says "not ended", which needs no mention of 'waiting'
+-- (and TASKQ_SQL_LIVE in src/taskq.h is the same text, so the lookups
+-- use it).
+DROP INDEX taskq.tasks_dedupe_idx;
+CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq.tasks (handler, dedupe_key, owner)
+    WHERE dedupe_key IS NOT NULL
+      AND status OPERATOR(pg_catalog.<>) ALL ('{completed,failed,cancelled,timeout,expired}'::taskq.status[]);
+COMMENT ON INDEX taskq.tasks_dedupe_idx
+    IS 'at most one live (not ended) task per handler, dedupe_key and enqueuing role';
+
+-- At commit, wake this database's dispatchers for n released tasks.
+CREATE FUNCTION taskq._wake_dispatchers(n int)
+RETURNS void
+AS 'MODULE_PATHNAME', 'taskq_wake_released'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION taskq._wake_dispatchers(int)
+    IS 'internal: at commit, wake this database''s dispatchers for n tasks that became due';
+REVOKE ALL ON FUNCTION taskq._wake_dispatchers(int) FROM PUBLIC;
+
+-- A task's status changed: if it had dependants and ended, release them
+-- (completed) or cancel them (otherwise); if it left 'waiting' by another
+-- way (cancel(), unregister_handler()), forget its remaining parents.
+-- Children are locked in id order before they are looked at, so two
+-- parents ending concurrently cannot both miss the release (the second
+-- locker reads the first's deletions, with a new snapshot, once the first
+-- has committed) nor deadlock.  A child cancelled here is itself a status
+-- change of a task that may have dependants: the trigger cascades.
+CREATE FUNCTION taskq._deps_status_changed()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    children bigint[];
+    n int;
+BEGIN
+    IF OLD.status OPERATOR(pg_catalog.=) 'waiting' THEN
+        DELETE FROM taskq.task_deps d WHERE d.child OPERATOR(pg_catalog.=) NEW.id;
+    END IF;
+    IF NOT OLD.has_dependants
+       OR NEW.status OPERATOR(pg_catalog.<>) ALL ('{completed,failed,cancelled,timeout,expired}'::taskq.status[]) THEN
+        RETURN NULL;
+    END IF;
+    WITH gone AS (
+        DELETE FROM taskq.task_deps d WHERE d.parent OPERATOR(pg_catalog.=) NEW.id RETURNING d.child
+    )
+    SELECT pg_catalog.array_agg(gone.child) INTO children FROM gone;
+    IF children IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM FROM taskq.tasks c
+      WHERE c.id OPERATOR(pg_catalog.=) ANY (children)
+        AND c.status OPERATOR(pg_catalog.=) 'waiting'
+      ORDER BY c.id FOR UPDATE;
+    IF NEW.status OPERATOR(pg_catalog.=) 'completed' THEN
+        UPDATE taskq.tasks c SET status = 'queued'
+         WHERE c.id OPERATOR(pg_catalog.=) ANY (children)
+           AND c.status OPERATOR(pg_catalog.=) 'waiting'
+           AND NOT EXISTS (SELECT FROM taskq.task_deps d
+                            WHERE d.child OPERATOR(pg_catalog.=) c.id);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM taskq._wake_dispatchers(n);
+        END IF;
+    ELSE
+        UPDATE taskq.tasks c
+           SET status = 'cancelled', finished_at = pg_catalog.now(),
+               last_error = pg_catalog.format('parent task %s ended %s', NEW.id, NEW.status)
+         WHERE c.id OPERATOR(pg_catalog.=) ANY (children)
+           AND c.status OPERATOR(pg_catalog.=) 'waiting';
+    END IF;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION taskq._deps_status_changed()
+    IS 'internal: releases or cancels the waiting dependants of a task that ended';
+REVOKE ALL ON FUNCTION taskq._deps_status_changed() FROM PUBLIC;
+
+-- Tasks without dependants that are not leaving 'waiting' pay only this
+-- WHEN clause.  A release to 'queued' needs nothing from the trigger
+-- unless the child has dependants itself.
+CREATE TRIGGER tasks_deps_trigger
+    AFTER UPDATE OF status ON taskq.tasks
+    FOR EACH ROW
+    WHEN (NEW.status IS DISTINCT FROM OLD.status
+          AND (OLD.has_dependants
+               OR (OLD.status::pg_catalog.text OPERATOR(pg_catalog.=) 'waiting'
+                   AND NEW.status OPERATOR(pg_catalog.<>) 'queued'::taskq.status)))
+    EXECUTE FUNCTION taskq._deps_status_changed();
+
+-- enqueue() and enqueue_many() gain after, their last argument.
+DROP FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text);
+DROP FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text);
+
+CREATE FUNCTION taskq.enqueue(
+    handler      text,
+    payload      jsonb       DEFAULT '{}',
+    priority     int         DEFAULT NULL,
+    run_after    interval    DEFAULT NULL,
+    run_at       timestamptz DEFAULT NULL,
+    queue        text        DEFAULT NULL,
+    max_attempts int         DEFAULT NULL,
+    timeout      interval    DEFAULT NULL,
+    dedupe_key   text        DEFAULT NULL,
+    expires_at   timestamptz DEFAULT NULL,
+    mode         text        DEFAULT NULL,
+    metadata     jsonb       DEFAULT NULL,
+    group_key    text        DEFAULT NULL,
+    after        bigint[]    DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'taskq_enqueue'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text, bigint[])
+    IS 'record a task in the current transaction; it is dispatched after commit (and after the tasks listed in after complete). Returns the task id, or NULL when a policy dropped it';
+
+CREATE FUNCTION taskq.enqueue_many(
+    handler      text,
+    payloads     jsonb[],
+    priority     int         DEFAULT NULL,
+    run_after    interval    DEFAULT NULL,
+    run_at       timestamptz DEFAULT NULL,
+    queue        text        DEFAULT NULL,
+    max_attempts int         DEFAULT NULL,
+    timeout      interval    DEFAULT NULL,
+    dedupe_key   text        DEFAULT NULL,
+    expires_at   timestamptz DEFAULT NULL,
+    mode         text        DEFAULT NULL,
+    metadata     jsonb       DEFAULT NULL,
+    group_key    text        DEFAULT NULL,
+    after        bigint[]    DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'taskq_enqueue_many'
+LANGUAGE C VOLATILE ROWS 100;
+COMMENT ON FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text, bigint[])
+    IS 'enqueue one task per payload with the same options; returns their ids in payload order';
+
+CREATE FUNCTION taskq.current_task()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'taskq_current_task'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION taskq.current_task()
+    IS 'the id of the task whose handler is running (in a dispatcher or a sync enqueue); NULL elsewhere';
+
+-- Runs as the caller: the row-level security of taskq.tasks decides which
+-- of the ids it returns.
+CREATE FUNCTION taskq.results(ids bigint[])
+RETURNS TABLE (id bigint, status taskq.status, result jsonb)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT t.id, t.status, t.result
+  FROM pg_catalog.unnest($1) WITH ORDINALITY AS u(id, n)
+  JOIN taskq.tasks t ON t.id OPERATOR(pg_catalog.=) u.id
+ ORDER BY u.n
+$$;
+COMMENT ON FUNCTION taskq.results(bigint[])
+    IS 'status and result of the listed tasks that the caller may see, in the order of ids';
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

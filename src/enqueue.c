@@ -59,6 +59,7 @@ typedef struct EnqueueOptions
 	Jsonb	   *metadata;
 	Oid			owner;			/* the calling role, read before any switch */
 	bool		blocked;		/* taskq.block_handlers names the handler */
+	TaskqDeps	deps;			/* after: the live parents (deps.c) */
 } EnqueueOptions;
 
 static bool warned_no_dispatch = false;
@@ -301,6 +302,9 @@ resolve_options(FunctionCallInfo fcinfo, const char *handler_name, EnqueueOption
 								 !PG_ARGISNULL(8), mode && strcmp(mode, "sync") == 0);
 		o->mode = TASKQ_MODE_ASYNC; /* taskq.default_mode cannot apply */
 	}
+	taskq_deps_resolve(fcinfo, o->owner, o->mode == TASKQ_MODE_SYNC, &o->deps);
+	if (o->handler.kind == TASKQ_KIND_LOGICAL && o->deps.given)
+		taskq_logical_refuse_after(handler_name);
 }
 
 /* index: 1-based position in enqueue_many's array, 0 for enqueue() */
@@ -530,13 +534,14 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 	{
 		if (!owner_held)
 			taskq_become_owner(&save);
-		id = insert_task(o, payload, "queued", &inserted);
+		id = insert_task(o, payload, taskq_deps_status(&o->deps), &inserted);
 		if (inserted && o->group_key != NULL)
 			taskq_outbox_mark_grouped(o->queue);
 		if (!owner_held)
 			taskq_restore_user(&save);
 		if (inserted)
 		{
+			taskq_deps_link(&o->deps, id);
 			taskq_request_wakeup_at_commit(1);
 			warn_if_nothing_dispatches();
 			warn_if_no_dispatcher_started();

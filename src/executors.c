@@ -525,12 +525,24 @@ taskq_parse_kind(const char *name)
 /*
  * Run one task by its handler's kind.  Dispatchers under taskq.dry_run log
  * instead of running anything; a sync enqueue always runs the handler.
+ * While it runs, taskq.current_task() returns its id.
  */
 void
 taskq_execute(TaskqTask *task, TaskqHandler *h, bool sync, TaskqOutcome *out)
 {
-	if (!sync && taskq_dry_run)
-		execute_log(task, h, out, true);
-	else
-		taskq_kind_ops(h->kind)->execute(task, h, out);
+	int64		outer = taskq_running_task; /* a sync enqueue inside a handler */
+
+	taskq_running_task = task->id;	/* taskq.current_task() */
+	PG_TRY();
+	{
+		if (!sync && taskq_dry_run)
+			execute_log(task, h, out, true);
+		else
+			taskq_kind_ops(h->kind)->execute(task, h, out);
+	}
+	PG_FINALLY();
+	{
+		taskq_running_task = outer;
+	}
+	PG_END_TRY();
 }

@@ -136,6 +136,19 @@ dispatcher_alive(void)
 	return alive;
 }
 
+/*
+ * A waiting task: which of its parents it still waits for (deps.c keeps
+ * the links).  Visibility was checked by the caller.
+ */
+static char *
+explain_waiting(int64 id)
+{
+	char	   *parents = taskq_deps_explain(id);
+
+	return psprintf("task " INT64_FORMAT " is %s", id,
+					parents ? parents : "waiting on other tasks");
+}
+
 /* The sentence for a task that has started: running, dispatched or ended. */
 static char *
 explain_started(int64 id, Facts *f, const char *status)
@@ -230,6 +243,7 @@ taskq_explain(PG_FUNCTION_ARGS)
 	f.desc = SPI_tuptable->tupdesc;
 	status = str(&f, "status");
 	sentence = strcmp(status, "queued") == 0 ? explain_queued(id, &f) :
+		strcmp(status, "waiting") == 0 ? explain_waiting(id) :
 		explain_started(id, &f, status);
 	sentence = MemoryContextStrdup(caller, sentence);
 	SPI_finish();

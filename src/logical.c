@@ -112,6 +112,21 @@ taskq_logical_check_call(const char *handler, bool run_after, bool run_at,
 }
 
 /*
+ * after: a message has no row to hold back until its parents complete,
+ * and once written it is delivered at commit.  Refused like the options
+ * above rather than ignored, so that no one believes the order holds.
+ */
+void
+taskq_logical_refuse_after(const char *handler)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("after cannot be used with logical handler \"%s\"", handler),
+			 errdetail("A logical handler's task is a logical-decoding message written in the enqueuing transaction; there is no row to hold back until other tasks complete."),
+			 errhint("Enqueue the logical task from a handler of the last task it depends on, or leave after out.")));
+}
+
+/*
  * The message's content: the notify kind's document (id, handler, queue,
  * attempt, priority, ack, payload, metadata), where attempt is always 1
  * and ack always false (nothing is retried or acked in the database), and

@@ -15,6 +15,7 @@
  *	tasks.c       cancel, retry, ack, nack, wait, pause, resume
  *	queues.c      set_queue: queue limits and rate parsing
  *	explain.c     taskq.explain(): why a task is not running
+ *	deps.c        dependencies between tasks (after), current_task()
  *	launcher.c    the launcher: which databases get dispatchers
  *	dispatcher.c  the per-database loop: claim, run, record
  *	executors.c   one function per handler kind
@@ -54,7 +55,12 @@
  * that run as the table owner must not resolve operators through a
  * caller's search_path.
  */
-#define TASKQ_SQL_LIVE	"OPERATOR(pg_catalog.=) ANY ('{queued,running,dispatched}'::taskq.status[])"
+/*
+ * Live is "not ended", so that 'waiting' (added in 0.2, and so unnamable in
+ * the update script's index predicates) counts; tasks_dedupe_idx has this
+ * predicate, word for word, so that the dedupe lookups can use it.
+ */
+#define TASKQ_SQL_LIVE	"OPERATOR(pg_catalog.<>) ALL ('{completed,failed,cancelled,timeout,expired}'::taskq.status[])"
 #define TASKQ_SQL_ENDED	"OPERATOR(pg_catalog.=) ANY ('{completed,failed,cancelled,timeout,expired}'::taskq.status[])"
 
 /* ----------------------------------------------------------------
@@ -472,9 +478,27 @@ extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
 extern char *taskq_logical_check_target(const char *target);
 extern void taskq_logical_check_call(const char *handler, bool run_after, bool run_at,
 									 bool dedupe_key, bool sync);
+extern void taskq_logical_refuse_after(const char *handler);
 extern int64 taskq_logical_emit(const TaskqHandler *h, TaskqTask *task,
 								const TimestampTz *expires_at);
 extern void taskq_logical_execute(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out);
+
+/* ----------------------------------------------------------------
+ * Dependencies (deps.c): enqueue's after option
+ * ----------------------------------------------------------------
+ */
+typedef struct TaskqDeps
+{
+	bool		given;			/* after named at least one task */
+	int			n;				/* live parents, each once */
+	int64	   *parents;
+} TaskqDeps;
+
+extern int64 taskq_running_task;	/* whose handler runs here; 0: none */
+extern void taskq_deps_resolve(FunctionCallInfo fcinfo, Oid caller, bool sync, TaskqDeps *deps);
+extern const char *taskq_deps_status(const TaskqDeps *deps);
+extern void taskq_deps_link(const TaskqDeps *deps, int64 child);
+extern char *taskq_deps_explain(int64 id);
 
 /* ----------------------------------------------------------------
  * Workers

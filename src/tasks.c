@@ -109,7 +109,7 @@ taskq_cancel(PG_FUNCTION_ARGS)
 	SPI_connect();
 	taskq_become_owner(&save);
 	lock_task(id, caller, false, &t);
-	if (status_is(&t, "queued", "running", "dispatched"))
+	if (status_is(&t, "queued", "running", "dispatched") || status_is(&t, "waiting", NULL, NULL))
 	{
 		taskq_outbox_cancel(id);
 		if (strcmp(t.status, "running") == 0)

@@ -267,6 +267,20 @@ ok(wait_task_status($node, $grouped, 'completed'), 'a task with a group_key in t
 is(sql(qq{SELECT group_key FROM taskq.tasks WHERE id = $grouped}), 'tenant-9', 'with its group_key stored');
 like(sql(qq{SELECT taskq.explain($grouped)}), qr/^task $grouped ended with status completed at /,
 	'and explain() says so');
+# dependencies (0.2): the status 'waiting' exists, and a task enqueued
+# after another waits for it and is released by its completion
+is(sql(q{SELECT count(*) FROM pg_enum WHERE enumtypid = 'taskq.status'::regtype AND enumlabel = 'waiting'}),
+	'1', 'the update adds the status waiting');
+sql(q{SELECT taskq.pause('deps_held')});
+my $dep_parent = sql(q{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 910}', queue => 'deps_held')});
+my $dep_child = sql(qq{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 911}', after => ARRAY[$dep_parent])});
+is(sql("SELECT status FROM taskq.tasks WHERE id = $dep_child"), 'waiting',
+	'a task enqueued after a queued one waits');
+is(sql("SELECT has_dependants FROM taskq.tasks WHERE id = $dep_parent"), 't',
+	'and its parent is marked');
+sql(q{SELECT taskq.resume('deps_held')});
+ok(wait_task_status($node, $dep_child, 'completed'), 'the parent\'s completion releases it and it runs');
+is(sql(q{SELECT count(*) FROM taskq.task_deps}), '0', 'no dependency is left');
 
 # ---------------------------------------------------------------------
 # Updated = fresh: the same objects, definitions, privileges, comments.
