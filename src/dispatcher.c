@@ -1029,7 +1029,11 @@ taskq_dispatcher_main(Datum arg)
 			TimestampTz due = DT_NOEND;
 
 			if (taskq_enabled)
-				due = work();
+			{
+				/* recurring tasks (schedules.c): one dispatcher fires them */
+				due = taskq_schedules_tick(my_slot->index);
+				due = Min(due, work());
+			}
 			else
 				set_state(TASKQ_STATE_DISABLED);
 			now = GetCurrentTimestamp();
