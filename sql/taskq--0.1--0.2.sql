@@ -195,6 +195,14 @@ LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION taskq._cron_next(text, text, timestamptz)
     IS 'internal: the first time after "after" at which a schedule with this cron text and time zone fires';
 
+CREATE FUNCTION taskq._tick()
+RETURNS int
+AS 'MODULE_PATHNAME', 'taskq_tick_sql'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq._tick()
+    IS 'internal: fire the due schedules in this transaction, as the firing dispatcher does; returns how many were due and not locked';
+REVOKE ALL ON FUNCTION taskq._tick() FROM PUBLIC;
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

@@ -3,7 +3,7 @@
  * schedules.c
  *	  Recurring tasks: taskq.schedule(), taskq.unschedule(),
  *	  taskq._cron_next(), and the tick that one dispatcher per database
- *	  runs to fire due schedules.
+ *	  runs to fire due schedules (also callable as taskq._tick(), for tests).
  *
  * A schedule is a row of taskq.schedules, owned by the role that made it.
  * A tick is one taskq.enqueue() call, run as that owner (so enqueue's own
@@ -33,6 +33,7 @@
 PG_FUNCTION_INFO_V1(taskq_schedule);
 PG_FUNCTION_INFO_V1(taskq_unschedule);
 PG_FUNCTION_INFO_V1(taskq_cron_next_sql);
+PG_FUNCTION_INFO_V1(taskq_tick_sql);
 
 #define TICK_SCHEDULES		32	/* schedules per tick transaction (one subxact each) */
 #define CATCH_UP_MAX		100 /* missed ticks one schedule enqueues per transaction */
@@ -463,7 +464,7 @@ ticks_to_fire(const DueSchedule *r, TimestampTz now, TimestampTz *ticks, Timesta
 		static const int64 windows_s[] = {60, 3600, 86400, 32 * 86400, 367 * 86400};
 		int			w;
 
-		for (w = 0; w < lengthof(windows_s); w++)
+		for (w = 0; w < (int) lengthof(windows_s); w++)
 		{
 			TimestampTz from = now - windows_s[w] * USECS_PER_SEC;
 			TimestampTz c;
@@ -635,6 +636,24 @@ read_next(void)
 }
 
 /*
+ * Fire the due schedules (at most TICK_SCHEDULES of them) in the current
+ * transaction; SPI is connected.  Returns how many were due; *behind
+ * says whether one of them is still behind (catch_up capped).
+ */
+static int
+fire_due(TimestampTz now, bool *behind)
+{
+	DueSchedule *rows;
+	int			n = read_due(now, &rows);
+	int			i;
+
+	*behind = false;
+	for (i = 0; i < n; i++)
+		*behind |= fire_one(&rows[i], now);
+	return n;
+}
+
+/*
  * The dispatcher's hook: if this dispatcher is the firer, fire the due
  * schedules (one transaction, at most TICK_SCHEDULES of them) and return
  * when to call again: now if some are left, else the earliest
@@ -646,10 +665,8 @@ taskq_schedules_tick(int slot_index)
 {
 	TimestampTz now;
 	TimestampTz next;
-	DueSchedule *rows;
-	bool		behind = false;
+	bool		behind;
 	int			n;
-	int			i;
 
 	if (!taskq_schedules_firer(slot_index))
 		return DT_NOEND;
@@ -663,10 +680,7 @@ taskq_schedules_tick(int slot_index)
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "taskq: schedules");
-	now = GetCurrentTimestamp();
-	n = read_due(now, &rows);
-	for (i = 0; i < n; i++)
-		behind |= fire_one(&rows[i], now);
+	n = fire_due(GetCurrentTimestamp(), &behind);
 	next = read_next();
 	SPI_finish();
 	PopActiveSnapshot();
@@ -679,4 +693,24 @@ taskq_schedules_tick(int slot_index)
 	if (next <= now)			/* due but locked by someone */
 		return TimestampTzPlusMilliseconds(now, LOCKED_RETRY_MS);
 	return next;
+}
+
+/*
+ * taskq._tick(): one firer's pass in the caller's transaction, as the
+ * dispatcher runs it; returns how many schedules were due and not locked.
+ * Internal (superusers only), for tests of concurrent firing.
+ */
+Datum
+taskq_tick_sql(PG_FUNCTION_ARGS)
+{
+	bool		behind;
+	int			n;
+	int			gucnest;
+
+	SPI_connect();
+	gucnest = taskq_restrict_search_path();
+	n = fire_due(GetCurrentTimestamp(), &behind);
+	taskq_restore_search_path(gucnest);
+	SPI_finish();
+	PG_RETURN_INT32(n);
 }
