@@ -212,6 +212,23 @@ is(sql(q{SET ROLE alice; SELECT count(*) FROM (SELECT taskq.enqueue('book', '{"n
 	'1', 'enqueue() works after the update');
 ok(wait_task_status($node, sql(q{SELECT max(id) FROM taskq.tasks}), 'completed'), 'and its task completes');
 
+# 0.2's recurring tasks: the update made taskq.schedules and its index,
+# and a schedule made on the updated database fires, as its owner.
+is( sql(q{SELECT count(*) FROM pg_class
+          WHERE oid IN ('taskq.schedules'::regclass, 'taskq.schedules_due_idx'::regclass)}),
+	'2', 'the update created taskq.schedules and its index');
+sql(q{SET ROLE alice; SELECT taskq.schedule('upgraded_tick', '1 second', 'note')});
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) >= 2 FROM taskq.tasks
+          WHERE metadata->>'schedule' = 'upgraded_tick' AND owner = 'alice'::regrole
+            AND metadata ? 'scheduled_for'}),
+	'a schedule made on the updated database fires, as its owner');
+is( sql(q{SELECT last_task_id IS NOT NULL AND next_run_at > last_run_at
+          FROM taskq.schedules WHERE name = 'upgraded_tick'}),
+	't', 'and advances');
+is(sql(q{SET ROLE alice; SELECT taskq.unschedule('upgraded_tick')}), 't', 'and can be unscheduled');
+
 # ---------------------------------------------------------------------
 # Updated = fresh: the same objects, definitions, privileges, comments.
 # ---------------------------------------------------------------------
