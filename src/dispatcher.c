@@ -898,7 +898,8 @@ run_batch(TaskqTask *tasks, int n)
  */
 
 /*
- * Find work and do it: maintenance when due, then batches while there is
+ * Find work and do it: maintenance when due, the due schedules if we are
+ * their firer (schedules.c), then batches while there is
  * more.  After a full batch we claim again at once.  After a short one
  * (nothing else was due when it was claimed) we claim again only if a
  * commit woke us meanwhile: wake_pending, not the latch, says so, since a
@@ -911,6 +912,7 @@ work(void)
 {
 	TimestampTz due = DT_NOEND;
 	TimestampTz lease = DT_NOEND;
+	TimestampTz tick = DT_NOEND;
 
 	for (;;)
 	{
@@ -918,6 +920,9 @@ work(void)
 		int			n;
 		bool		full;
 		TimestampTz now = GetCurrentTimestamp();
+
+		/* recurring tasks (schedules.c): one dispatcher fires them */
+		tick = taskq_schedules_tick(my_slot->index);
 
 		if (now >= next_lease_expiry ||
 			TimestampDifferenceExceeds(last_maintenance, now,
@@ -959,7 +964,7 @@ work(void)
 	next_lease_expiry = lease;
 	if (lease <= GetCurrentTimestamp())
 		lease = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10);
-	return Min(due, lease);
+	return Min(Min(due, lease), tick);
 }
 
 void
@@ -1029,11 +1034,7 @@ taskq_dispatcher_main(Datum arg)
 			TimestampTz due = DT_NOEND;
 
 			if (taskq_enabled)
-			{
-				/* recurring tasks (schedules.c): one dispatcher fires them */
-				due = taskq_schedules_tick(my_slot->index);
-				due = Min(due, work());
-			}
+				due = work();
 			else
 				set_state(TASKQ_STATE_DISABLED);
 			now = GetCurrentTimestamp();

@@ -38,6 +38,7 @@ PG_FUNCTION_INFO_V1(taskq_tick_sql);
 #define TICK_SCHEDULES		32	/* schedules per tick transaction (one subxact each) */
 #define CATCH_UP_MAX		100 /* missed ticks one schedule enqueues per transaction */
 #define LOCKED_RETRY_MS		100 /* a due schedule locked by someone: look again then */
+#define TICK_GAP_MS			100 /* the firer looks at most this often when nothing is due */
 #define GROUP_KEY_MAXLEN	256
 
 static SPIPlanPtr upsert_plan = NULL;
@@ -50,6 +51,10 @@ static SPIPlanPtr advance_plan = NULL;
 static SPIPlanPtr failed_plan = NULL;
 static SPIPlanPtr next_plan = NULL;
 static SPIPlanPtr drop_plan = NULL;
+
+/* The firer's last look: when, and the earliest next_run_at it found. */
+static TimestampTz last_look = 0;
+static TimestampTz next_known = 0;
 
 /* A due schedule as the tick reads it. */
 typedef struct DueSchedule
@@ -499,7 +504,7 @@ ticks_to_fire(const DueSchedule *r, TimestampTz now, TimestampTz *ticks, Timesta
  */
 #define FIRE_SQL \
 	"SELECT taskq.enqueue(handler => $1, payload => $2, priority => $3, queue => $4," \
-	" max_attempts => $5, timeout => $6," \
+	" max_attempts => $5, timeout => $6, mode => 'async'," \
 	" metadata => COALESCE($7, '{}'::pg_catalog.jsonb) OPERATOR(pg_catalog.||)" \
 	"   pg_catalog.jsonb_build_object('schedule', $8, 'scheduled_for', $9))"
 
@@ -654,22 +659,31 @@ fire_due(TimestampTz now, bool *behind)
 }
 
 /*
- * The dispatcher's hook: if this dispatcher is the firer, fire the due
- * schedules (one transaction, at most TICK_SCHEDULES of them) and return
- * when to call again: now if some are left, else the earliest
- * next_run_at.  Others get DT_NOEND.  Runs outside any transaction, in
- * the order of the dispatcher's own transactions.
+ * The dispatcher's hook, called before each of its claims: if this
+ * dispatcher is the firer, fire the due schedules (one transaction, at
+ * most TICK_SCHEDULES of them) and return when to call again: now if some
+ * are left, else the earliest next_run_at.  Others get DT_NOEND.  Runs
+ * outside any transaction, in the order of the dispatcher's own.
+ *
+ * While a backlog drains the dispatcher claims many times a second, and
+ * every commit that enqueues wakes it; the schedules are looked at when
+ * one is due and otherwise at most every TICK_GAP_MS, so that a
+ * schedule() that commits (and wakes us) takes effect within that.
  */
 TimestampTz
 taskq_schedules_tick(int slot_index)
 {
-	TimestampTz now;
+	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next;
 	bool		behind;
 	int			n;
 
 	if (!taskq_schedules_firer(slot_index))
 		return DT_NOEND;
+	if (now < next_known &&
+		!TimestampDifferenceExceeds(last_look, now, TICK_GAP_MS))
+		return Min(next_known, TimestampTzPlusMilliseconds(last_look, TICK_GAP_MS));
+	last_look = now;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	if (!OidIsValid(get_extension_oid("taskq", true)))
@@ -689,9 +703,10 @@ taskq_schedules_tick(int slot_index)
 
 	now = GetCurrentTimestamp();
 	if (n == TICK_SCHEDULES || behind)
-		return now;
-	if (next <= now)			/* due but locked by someone */
-		return TimestampTzPlusMilliseconds(now, LOCKED_RETRY_MS);
+		next = now;
+	else if (next <= now)		/* due but locked by someone */
+		next = TimestampTzPlusMilliseconds(now, LOCKED_RETRY_MS);
+	next_known = next;
 	return next;
 }
 
