@@ -4,7 +4,7 @@
 -- (taskq._cron_next, internal) for fixed inputs: fields, steps, names,
 -- Vixie's day rule, macros, intervals, time zones and daylight saving.
 -- The server runs with taskq.enabled = off, so nothing fires here; the
--- TAP test 112_schedules watches the ticks.  Schedule names start with sch_.
+-- TAP test 114_schedules watches the ticks.  Schedule names start with sch_.
 --
 
 SET timezone = 'UTC';
@@ -259,11 +259,11 @@ RESET ROLE;
 SELECT name, owner, payload FROM taskq.schedules WHERE name = 'sch_alice1';
 
 -- a role that may not enqueue may not schedule
-REVOKE EXECUTE ON FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb) FROM PUBLIC;
+DO $$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid FROM pg_proc WHERE proname = 'enqueue' AND pronamespace = 'taskq'::regnamespace LOOP EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f); END LOOP; END $$;
 SET ROLE sch_bob;
 SELECT taskq.schedule('sch_bob1', '@hourly', 'sch_fn');
 RESET ROLE;
-GRANT EXECUTE ON FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb) TO PUBLIC;
+DO $$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid FROM pg_proc WHERE proname = 'enqueue' AND pronamespace = 'taskq'::regnamespace LOOP EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f); END LOOP; END $$;
 SELECT count(*) FROM taskq.schedules WHERE name = 'sch_bob1';
 
 -- _cron_next is callable by anyone (it reads nothing)

@@ -145,7 +145,7 @@ sql(q{SELECT taskq.unschedule('paris9'), taskq.unschedule('wake')});
 # ---------------------------------------------------------------------
 sql(q{SELECT taskq.schedule('refused', '1 second', 'tick')});
 sql(q{UPDATE taskq.schedules SET owner = 'app_user' WHERE name = 'refused'});
-sql(q{REVOKE EXECUTE ON FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb) FROM PUBLIC});
+sql(q{DO $$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid FROM pg_proc WHERE proname = 'enqueue' AND pronamespace = 'taskq'::regnamespace LOOP EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f); END LOOP; END $$});
 ok( $node->poll_query_until(
 		'postgres',
 		q{SELECT last_error LIKE '%permission denied for function enqueue%'
@@ -153,7 +153,7 @@ ok( $node->poll_query_until(
 	'a tick refused at fire time (the owner lost EXECUTE on enqueue) is recorded');
 is(sql(q{SELECT count(*) FROM taskq.tasks WHERE metadata->>'schedule' = 'refused'}),
 	'0', 'and enqueued nothing');
-sql(q{GRANT EXECUTE ON FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb) TO PUBLIC});
+sql(q{DO $$ DECLARE f regprocedure; BEGIN FOR f IN SELECT oid FROM pg_proc WHERE proname = 'enqueue' AND pronamespace = 'taskq'::regnamespace LOOP EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', f); END LOOP; END $$});
 ok( $node->poll_query_until(
 		'postgres', q{SELECT count(*) >= 1 FROM taskq.tasks WHERE metadata->>'schedule' = 'refused'}),
 	'once the privilege is back, the schedule fires again');
