@@ -19,7 +19,9 @@ OBJS = \
 	src/logical.o \
 	src/monitor.o \
 	src/queues.o \
-	src/explain.o
+	src/explain.o \
+	src/cron.o \
+	src/schedules.o
 
 # Released install scripts are frozen; each release adds an update script.
 # The newest version's install script is built: schema taskq, then the
@@ -30,7 +32,7 @@ DATA_built = sql/taskq--0.2.sql
 PGFILEDESC = "taskq - transactional task outbox"
 
 # Explicit list: sql/ also holds the install script.
-REGRESS = setup handlers enqueue options policies api security version logical limits plans deps
+REGRESS = setup handlers enqueue options policies api security version logical limits plans deps schedules
 REGRESS_OPTS = --inputdir=. --outputdir=$(CURDIR)/results
 
 PG_CPPFLAGS = -I$(srcdir)/src

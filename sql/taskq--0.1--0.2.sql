@@ -735,6 +735,88 @@ SELECT t.id, t.status, t.result
 $$;
 COMMENT ON FUNCTION taskq.results(bigint[])
     IS 'status and result of the listed tasks that the caller may see, in the order of ids';
+-- Recurring tasks (DESIGN section 10).
+--
+-- A schedule belongs to the role that made it; each tick is one
+-- taskq.enqueue() run as that role by one dispatcher of the database,
+-- in the transaction that advances next_run_at.  Roles read their own
+-- schedules (payloads are private, as in taskq.tasks) and write them only
+-- through schedule() and unschedule().  last_error keeps why the last
+-- tick could not be enqueued.
+------------------------------------------------------------------------
+CREATE TABLE taskq.schedules (
+    name          text PRIMARY KEY,
+    cron          text NOT NULL,
+    handler       text NOT NULL,
+    payload       jsonb NOT NULL DEFAULT '{}',
+    timezone      text NOT NULL DEFAULT 'UTC',
+    catch_up      boolean NOT NULL DEFAULT false,
+    priority      int,
+    queue         text,
+    max_attempts  int,
+    timeout       interval,
+    group_key     text,
+    metadata      jsonb,
+    next_run_at   timestamptz NOT NULL,
+    last_run_at   timestamptz,
+    last_task_id  bigint,
+    last_error    text,
+    enabled       boolean NOT NULL DEFAULT true,
+    owner         regrole NOT NULL,
+    created_at    timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+COMMENT ON TABLE taskq.schedules IS 'recurring tasks; write through taskq.schedule() and taskq.unschedule()';
+-- What the firer reads: the earliest due enabled schedules.
+CREATE INDEX schedules_due_idx ON taskq.schedules (next_run_at) WHERE enabled;
+COMMENT ON INDEX taskq.schedules_due_idx IS 'the next schedules to fire, for the firer''s claim and its sleep';
+SELECT pg_catalog.pg_extension_config_dump('taskq.schedules', '');
+REVOKE ALL ON taskq.schedules FROM PUBLIC;
+GRANT SELECT ON taskq.schedules TO PUBLIC;
+ALTER TABLE taskq.schedules ENABLE ROW LEVEL SECURITY;
+CREATE POLICY schedules_owner_read ON taskq.schedules FOR SELECT
+    USING (pg_catalog.pg_has_role(owner::pg_catalog.oid, 'USAGE'));
+
+CREATE FUNCTION taskq.schedule(
+    name         text,
+    cron         text,
+    handler      text,
+    payload      jsonb    DEFAULT '{}',
+    timezone     text     DEFAULT 'UTC',
+    catch_up     boolean  DEFAULT false,
+    priority     int      DEFAULT NULL,
+    queue        text     DEFAULT NULL,
+    max_attempts int      DEFAULT NULL,
+    timeout      interval DEFAULT NULL,
+    group_key    text     DEFAULT NULL,
+    metadata     jsonb    DEFAULT NULL,
+    enabled      boolean  DEFAULT true)
+RETURNS void
+AS 'MODULE_PATHNAME', 'taskq_schedule'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq.schedule(text, text, text, jsonb, text, boolean, int, text, int, interval, text, jsonb, boolean)
+    IS 'create or update a recurring task: a cron expression, @hourly and the like, or an interval such as ''30 seconds''; takes effect at commit';
+
+CREATE FUNCTION taskq.unschedule(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'taskq_unschedule'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq.unschedule(text)
+    IS 'remove a schedule; true if it existed';
+
+CREATE FUNCTION taskq._cron_next(cron text, tz text, after timestamptz)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'taskq_cron_next_sql'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION taskq._cron_next(text, text, timestamptz)
+    IS 'internal: the first time after "after" at which a schedule with this cron text and time zone fires';
+
+CREATE FUNCTION taskq._tick()
+RETURNS int
+AS 'MODULE_PATHNAME', 'taskq_tick_sql'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq._tick()
+    IS 'internal: fire the due schedules in this transaction, as the firing dispatcher does; returns how many were due and not locked';
+REVOKE ALL ON FUNCTION taskq._tick() FROM PUBLIC;
 
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)

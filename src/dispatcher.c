@@ -1017,7 +1017,8 @@ run_batch(TaskqTask *tasks, int n)
  */
 
 /*
- * Find work and do it: maintenance when due, then batches while there is
+ * Find work and do it: maintenance when due, the due schedules if we are
+ * their firer (schedules.c), then batches while there is
  * more.  After a full batch we claim again at once.  After a short one
  * (nothing else was due when it was claimed) we claim again only if a
  * commit woke us meanwhile: wake_pending, not the latch, says so, since a
@@ -1031,6 +1032,7 @@ work(void)
 	TimestampTz due = DT_NOEND;
 	TimestampTz lease = DT_NOEND;
 	int			limited = 0;
+	TimestampTz tick = DT_NOEND;
 
 	for (;;)
 	{
@@ -1038,6 +1040,9 @@ work(void)
 		int			n;
 		bool		full;
 		TimestampTz now = GetCurrentTimestamp();
+
+		/* recurring tasks (schedules.c): one dispatcher fires them */
+		tick = taskq_schedules_tick(my_slot->index);
 
 		if (now >= next_lease_expiry ||
 			TimestampDifferenceExceeds(last_maintenance, now,
@@ -1086,7 +1091,7 @@ work(void)
 	next_lease_expiry = lease;
 	if (lease <= GetCurrentTimestamp())
 		lease = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10);
-	return Min(due, lease);
+	return Min(Min(due, lease), tick);
 }
 
 void

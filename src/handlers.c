@@ -524,6 +524,7 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 	uint64		ended = 0;
+	uint64		dropped = 0;
 
 	require_not_null(fcinfo, 0, "name", "Pass the name of a registered handler.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
@@ -544,6 +545,7 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 			elog(ERROR, "taskq: could not write taskq.handlers");
 		invalidate_handlers();
 		ended = end_live_tasks(name);
+		dropped = taskq_schedules_drop_handler(name);	/* schedules.c */
 	}
 	taskq_restore_user(&save);
 	SPI_finish();
@@ -551,5 +553,9 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 		ereport(NOTICE,
 				(errmsg("unregistering handler \"%s\" cancelled " UINT64_FORMAT " live task%s",
 						name, ended, ended == 1 ? "" : "s")));
+	if (dropped > 0)
+		ereport(NOTICE,
+				(errmsg("unregistering handler \"%s\" dropped " UINT64_FORMAT " schedule%s",
+						name, dropped, dropped == 1 ? "" : "s")));
 	PG_RETURN_BOOL(OidIsValid(owner));
 }

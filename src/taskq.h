@@ -21,6 +21,8 @@
  *	executors.c   one function per handler kind
  *	logical.c     the logical kind: tasks as logical-decoding messages, no row
  *	monitor.c     the functions behind taskq.workers and taskq.stats
+ *	cron.c        schedules' text: cron and interval parsing, next fire time (pure)
+ *	schedules.c   schedule(), unschedule() and the tick a dispatcher runs
  *
  *-------------------------------------------------------------------------
  */
@@ -34,6 +36,7 @@
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "pgtime.h"
 #include "access/tupdesc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -499,6 +502,32 @@ extern void taskq_deps_resolve(FunctionCallInfo fcinfo, Oid caller, bool sync, T
 extern const char *taskq_deps_status(const TaskqDeps *deps);
 extern void taskq_deps_link(const TaskqDeps *deps, int64 child);
 extern char *taskq_deps_explain(int64 id);
+
+/* ----------------------------------------------------------------
+ * Recurring schedules: their text (cron.c, pure functions) and the
+ * SQL API and the tick (schedules.c)
+ * ----------------------------------------------------------------
+ */
+/* A parsed schedule: a cron expression's sets, or an interval. */
+typedef struct TaskqCron
+{
+	int64		interval_us;	/* > 0: an interval schedule; the rest unused */
+	uint64		minutes;		/* bit n: minute n matches (0-59) */
+	uint32		hours;			/* 0-23 */
+	uint32		mdays;			/* 1-31 */
+	uint16		months;			/* 1-12 */
+	uint8		wdays;			/* 0-6, Sunday 0 */
+	bool		dom_star;		/* the field began with '*' (Vixie's day rule) */
+	bool		dow_star;
+} TaskqCron;
+
+extern void taskq_cron_parse(const char *text, TaskqCron *cron);
+extern pg_tz *taskq_cron_zone(const char *name);
+extern TimestampTz taskq_cron_next(const TaskqCron *cron, const pg_tz *tz, TimestampTz after);
+
+extern bool taskq_schedules_firer(int slot_index);
+extern TimestampTz taskq_schedules_tick(int slot_index);
+extern uint64 taskq_schedules_drop_handler(const char *handler);
 
 /* ----------------------------------------------------------------
  * Workers

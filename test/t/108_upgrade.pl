@@ -281,6 +281,22 @@ is(sql("SELECT has_dependants FROM taskq.tasks WHERE id = $dep_parent"), 't',
 sql(q{SELECT taskq.resume('deps_held')});
 ok(wait_task_status($node, $dep_child, 'completed'), 'the parent\'s completion releases it and it runs');
 is(sql(q{SELECT count(*) FROM taskq.task_deps}), '0', 'no dependency is left');
+# 0.2's recurring tasks: the update made taskq.schedules and its index,
+# and a schedule made on the updated database fires, as its owner.
+is( sql(q{SELECT count(*) FROM pg_class
+          WHERE oid IN ('taskq.schedules'::regclass, 'taskq.schedules_due_idx'::regclass)}),
+	'2', 'the update created taskq.schedules and its index');
+sql(q{SET ROLE alice; SELECT taskq.schedule('upgraded_tick', '1 second', 'note')});
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) >= 2 FROM taskq.tasks
+          WHERE metadata->>'schedule' = 'upgraded_tick' AND owner = 'alice'::regrole
+            AND metadata ? 'scheduled_for'}),
+	'a schedule made on the updated database fires, as its owner');
+is( sql(q{SELECT last_task_id IS NOT NULL AND next_run_at > last_run_at
+          FROM taskq.schedules WHERE name = 'upgraded_tick'}),
+	't', 'and advances');
+is(sql(q{SET ROLE alice; SELECT taskq.unschedule('upgraded_tick')}), 't', 'and can be unscheduled');
 
 # ---------------------------------------------------------------------
 # Updated = fresh: the same objects, definitions, privileges, comments.
