@@ -130,7 +130,8 @@ lookup_handler(const char *name, TaskqHandler *h, Snapshot snapshot)
 	memset(h, 0, sizeof(*h));
 	strlcpy(h->name, name, sizeof(h->name));
 	h->kind = taskq_parse_kind(TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull)));
-	h->target = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	h->target = isnull ? NULL : TextDatumGetCString(d);	/* external: optional */
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	if (!isnull)
 		text_to_cstring_buffer(DatumGetTextPP(d), h->queue, sizeof(h->queue));
@@ -246,9 +247,10 @@ write_registration(FunctionCallInfo fcinfo, const char *name, const char *kind,
 	int			i;
 
 	memset(nulls, ' ', sizeof(nulls));
+	nulls[2] = target ? ' ' : 'n';
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(kind);
-	values[2] = CStringGetTextDatum(target);
+	values[2] = target ? CStringGetTextDatum(target) : (Datum) 0;
 	for (i = 3; i <= 6; i++)
 		optional_arg(fcinfo, i, &values[i], &nulls[i]);
 	values[7] = PG_GETARG_DATUM(7);
@@ -286,14 +288,15 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	TaskqAsOwner save;
 
 	require_not_null(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
-	require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, or a description for log.");
 	require_not_null(fcinfo, 2, "kind", taskq_kind_hint());
 	require_not_null(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
 	require_not_null(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ops = taskq_kind_ops(taskq_parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(2))));
+	if (strcmp(ops->name, "external") != 0)	/* the one kind without a target */
+		require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, or a description for log.");
 	taskq_check_name("handler", name);
-	target = ops->check_target(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	target = ops->check_target(PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	check_registration_options(fcinfo, ops);
 
 	SPI_connect();

@@ -155,6 +155,9 @@ array_length_of(Datum array)
 
 /*
  * The paused queues and disabled handlers, which the next claim skips.
+ * External handlers count as disabled here: their tasks wait for
+ * external workers (external.c), and a claim that skips them by name is
+ * the one dispatchers already make for disabled handlers.
  * The arrays stay in the SPI result, valid until the caller's next SPI
  * statement but one: taskq_outbox_claim() is that statement.
  */
@@ -166,7 +169,8 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 
 	if (SPI_execute_plan(taskq_prepare(&exclusions_plan,
 									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused) AS paused_queues,"
-									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled) AS disabled_handlers",
+									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled"
+									   "       OR kind OPERATOR(pg_catalog.=) 'external') AS disabled_handlers",
 									   0, NULL),
 						 NULL, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: reading paused queues failed");
@@ -177,7 +181,13 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	ex->n = array_length_of(ex->queues) + array_length_of(ex->handlers);
 }
 
-/* The claim, around the exclusion of paused queues and disabled handlers. */
+/*
+ * The claim, around the exclusion of paused queues and disabled handlers
+ * (and, for external workers, the choice of queue and handlers).  One
+ * statement for every claimant: a dispatcher sets 'running' with its pid,
+ * an external worker 'dispatched' with a lease and the attempt charged
+ * (see external.c).  Tasks past expires_at end 'expired' either way.
+ */
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
 	" SELECT t.id FROM taskq.tasks t" \
@@ -185,18 +195,31 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 #define CLAIM_SQL_TAIL \
 	" ORDER BY t.priority DESC, t.run_at, t.id" \
-	" LIMIT %d FOR UPDATE SKIP LOCKED)" \
+	" LIMIT %s FOR UPDATE SKIP LOCKED)" \
 	" UPDATE taskq.tasks t SET" \
 	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN 'expired' ELSE 'running' END::taskq.status," \
+	"    THEN 'expired' ELSE %s END::taskq.status," \
 	"  worker_pid = $1, started_at = pg_catalog.now()," \
 	"  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN pg_catalog.now() END" \
+	"    THEN pg_catalog.now() END%s" \
 	" FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id" \
 	" RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts," \
 	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 AS timeout_ms," \
-	"  t.owner::pg_catalog.oid AS owner, t.run_at, t.payload, t.metadata," \
+	"  t.owner::pg_catalog.oid AS owner, t.run_at, t.payload, t.metadata, t.lease_until," \
 	"  t.status OPERATOR(pg_catalog.=) 'expired' AS expired"
+
+/*
+ * The claim statement's text (palloc'd): filter is added to the due
+ * tasks' condition, limit is the LIMIT (a number or a parameter), status
+ * the status a claimed task gets (a SQL expression), set_more further
+ * ", column = value" assignments.  $1 is the pid to record.
+ */
+char *
+taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status,
+					   const char *set_more)
+{
+	return psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL, filter, limit, status, set_more);
+}
 
 /*
  * The claim statements have the batch size written in (a LIMIT parameter
@@ -216,7 +239,7 @@ claim_statement(SPIPlanPtr *cache, const char *filter, int nargs, Oid *types, bo
 
 	if (*cache != NULL)
 		return *cache;
-	sql = psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL, filter, taskq_batch_size);
+	sql = taskq_outbox_claim_sql(filter, psprintf("%d", taskq_batch_size), "'running'", "");
 	return generic ? taskq_prepare_generic(cache, sql, nargs, types) :
 		taskq_prepare_custom(cache, sql, nargs, types);
 }

@@ -16,6 +16,7 @@
  *	dispatcher.c  the per-database loop: claim, run, record
  *	executors.c   one function per handler kind
  *	monitor.c     the functions behind taskq.workers and taskq.stats
+ *	external.c    external workers: claim, heartbeat, wake channels, session leases
  *
  *-------------------------------------------------------------------------
  */
@@ -255,7 +256,8 @@ typedef enum TaskqKind
 {
 	TASKQ_KIND_FUNCTION,
 	TASKQ_KIND_NOTIFY,
-	TASKQ_KIND_LOG
+	TASKQ_KIND_LOG,
+	TASKQ_KIND_EXTERNAL
 } TaskqKind;
 
 /* A handler's registration, as enqueue and dispatch need it. */
@@ -263,7 +265,7 @@ typedef struct TaskqHandler
 {
 	char		name[TASKQ_NAME_MAXLEN + 1];
 	TaskqKind	kind;
-	char	   *target;			/* palloc'd; canonical function or channel */
+	char	   *target;			/* palloc'd; canonical function or channel; NULL for external */
 	char		queue[TASKQ_NAME_MAXLEN + 1];	/* "" when unset */
 	bool		has_priority;
 	int			priority;
@@ -352,6 +354,8 @@ typedef struct TaskqReaped
 typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool failed);
 
 extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
+extern char *taskq_outbox_claim_sql(const char *filter, const char *limit,
+									const char *status, const char *set_more);
 extern int	taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 							   MemoryContext cxt, TaskqTask **tasks);
 extern void taskq_outbox_forget_claim_plans(void);
@@ -386,6 +390,14 @@ extern TaskqKind taskq_parse_kind(const char *name);
 extern const char *taskq_kind_name(TaskqKind kind);
 extern const char *taskq_kind_hint(void);
 extern Oid	taskq_resolve_function(const char *target, bool missing_ok);
+
+/* ----------------------------------------------------------------
+ * External workers (external.c); the dispatcher calls these in its own
+ * transactions and SPI connection.
+ * ----------------------------------------------------------------
+ */
+extern void taskq_external_wake_workers(void);
+extern void taskq_external_release_sessions(TaskqLeaseFn each);
 
 /* ----------------------------------------------------------------
  * Workers

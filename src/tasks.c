@@ -61,6 +61,7 @@ typedef struct LockedTask
 	char	   *dedupe_key;
 	int			attempts;
 	int			max_attempts;
+	bool		lapsed;			/* its lease ran out: no longer the holder's */
 } LockedTask;
 
 static int64
@@ -118,7 +119,8 @@ lock_task(int64 id, Oid caller, bool handler_owner_may, LockedTask *t)
 	if (SPI_execute_plan(taskq_prepare(&lock_plan,
 									   "SELECT t.status::pg_catalog.text, t.owner::pg_catalog.oid,"
 									   " t.handler, t.queue, t.dedupe_key,"
-									   " t.attempts, t.max_attempts"
+									   " t.attempts, t.max_attempts,"
+									   " COALESCE(t.lease_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp(), false)"
 									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
 									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
 									   " WHERE t.id OPERATOR(pg_catalog.=) $1 AND" MAY_ACT
@@ -139,6 +141,7 @@ lock_task(int64 id, Oid caller, bool handler_owner_may, LockedTask *t)
 	t->dedupe_key = isnull ? NULL : TextDatumGetCString(d);
 	t->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 	t->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+	t->lapsed = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 }
 
 static bool
@@ -324,7 +327,8 @@ taskq_retry(PG_FUNCTION_ARGS)
  * flush) instead of one each.  The tasks are locked in id order, so that
  * two callers cannot deadlock.  Returns the ids that were awaiting an
  * acknowledgement and are now completed, in id order; the others (unknown,
- * not the caller's to acknowledge, not dispatched) are left as they are,
+ * not the caller's to acknowledge, not dispatched, or whose lease ran out
+ * even if maintenance has not requeued them yet) are left as they are,
  * except that with must_exist (ack() of that one id) an unknown id is an
  * error.  A task the caller may not acknowledge counts as unknown.
  */
@@ -352,7 +356,8 @@ acknowledge(ArrayType *ids, FunctionCallInfo fcinfo, const int64 *must_exist)
 	values[1] = ObjectIdGetDatum(caller);
 	values[2] = BoolGetDatum(true);
 	if (SPI_execute_plan(taskq_prepare(&lock_many_plan,
-									   "SELECT t.id, t.status::pg_catalog.text, t.handler, t.queue"
+									   "SELECT t.id, CASE WHEN t.lease_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp()"
+									   "   THEN 'lapsed' ELSE t.status::pg_catalog.text END, t.handler, t.queue"
 									   " FROM taskq.tasks t LEFT JOIN taskq.handlers h"
 									   "   ON h.name OPERATOR(pg_catalog.=) t.handler"
 									   " WHERE t.id OPERATOR(pg_catalog.=) ANY ($1) AND" MAY_ACT
@@ -484,7 +489,8 @@ taskq_nack(PG_FUNCTION_ARGS)
 	SPI_connect();
 	taskq_become_owner(&save);
 	lock_task(id, caller, true, &t);
-	if (status_is(&t, "dispatched", NULL, NULL))
+	/* a lapsed lease is lost even before maintenance has requeued it */
+	if (status_is(&t, "dispatched", NULL, NULL) && !t.lapsed)
 	{
 		bool		final = t.attempts >= t.max_attempts;
 
