@@ -818,6 +818,52 @@ COMMENT ON FUNCTION taskq._tick()
     IS 'internal: fire the due schedules in this transaction, as the firing dispatcher does; returns how many were due and not locked';
 REVOKE ALL ON FUNCTION taskq._tick() FROM PUBLIC;
 
+------------------------------------------------------------------------
+-- External workers pull tasks with leases (DESIGN section 8).
+--
+-- A handler of kind 'external' has no target, or a free-text description
+-- of who works it.  Dispatchers skip its tasks as they skip a disabled
+-- handler's; workers outside the database take them with claim(), keep
+-- them with heartbeat() and end them with ack(), ack_many() or nack().
+-- A dispatched external task with a session lease keeps the claiming
+-- backend's pid in worker_pid (started_at is the claim's time), so that
+-- maintenance can tell when that session has ended.
+------------------------------------------------------------------------
+ALTER TABLE taskq.handlers ALTER COLUMN target DROP NOT NULL;
+ALTER TABLE taskq.handlers DROP CONSTRAINT handlers_kind_check;
+ALTER TABLE taskq.handlers ADD CONSTRAINT handlers_kind_check
+    CHECK (kind OPERATOR(pg_catalog.=) ANY ('{function,notify,log,logical,external}'::pg_catalog.text[]));
+ALTER TABLE taskq.handlers ADD CONSTRAINT handlers_target_check
+    CHECK (target IS NOT NULL OR kind OPERATOR(pg_catalog.=) 'external');
+
+CREATE FUNCTION taskq.claim(
+    queue         text,
+    max_tasks     int      DEFAULT 1,
+    lease         interval DEFAULT NULL,
+    handler       text     DEFAULT NULL,
+    session_lease boolean  DEFAULT false)
+RETURNS TABLE (id bigint, handler text, queue text, payload jsonb,
+               metadata jsonb, attempt int, lease_until timestamptz)
+AS 'MODULE_PATHNAME', 'taskq_claim'
+LANGUAGE C VOLATILE ROWS 10;
+COMMENT ON FUNCTION taskq.claim(text, int, interval, text, boolean)
+    IS 'take up to max_tasks due tasks of external handlers the caller may claim, dispatched with a lease (default taskq.ack_timeout), in dispatch order';
+
+CREATE FUNCTION taskq.heartbeat(ids bigint[], lease interval DEFAULT NULL)
+RETURNS SETOF bigint
+AS 'MODULE_PATHNAME', 'taskq_heartbeat'
+LANGUAGE C VOLATILE ROWS 10;
+COMMENT ON FUNCTION taskq.heartbeat(bigint[], interval)
+    IS 'extend the leases of claimed tasks by lease (default taskq.ack_timeout) from now; returns the ids still held';
+
+CREATE FUNCTION taskq.wake_channel(queue text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'taskq_wake_channel'
+LANGUAGE C IMMUTABLE;
+COMMENT ON FUNCTION taskq.wake_channel(text)
+    IS 'the channel to LISTEN on for external tasks of the queue becoming claimable';
+
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

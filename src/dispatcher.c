@@ -495,8 +495,8 @@ count_lease_expiry(const char *queue, const char *handler, bool failed)
 }
 
 /*
- * One maintenance pass: reap, redeliver or fail notify tasks whose lease
- * ran out, expire tasks past expires_at, remove ended tasks older than
+ * One maintenance pass: reap, redeliver or fail notify and external tasks
+ * whose lease ran out or whose claiming session ended, expire tasks past expires_at, remove ended tasks older than
  * taskq.retention, and have the claims planned again (see outbox.c).
  */
 static void
@@ -505,6 +505,7 @@ maintenance(void)
 	set_state(TASKQ_STATE_MAINTENANCE);
 	reap_orphans();
 	taskq_outbox_expire_leases(count_lease_expiry);
+	taskq_external_release_sessions(count_lease_expiry);
 	taskq_outbox_expire_tasks();
 	taskq_outbox_remove_ended(taskq_retention);
 	taskq_outbox_forget_claim_plans();
@@ -679,6 +680,8 @@ claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampT
 	*limited = n - plain;
 	*full = n == taskq_batch_size;
 	read_next_due(*full, due, lease);
+	if (!*full)
+		taskq_external_wake_workers();	/* external tasks left due: notified at commit */
 
 	/*
 	 * A handler may take the server down.  If this commit is lost with the

@@ -12,6 +12,8 @@
  *				task then waits 'dispatched' for ack() unless ack => false.
  *	  log		writes what it would do to the server log (dry run).
  *	  logical	a logical-decoding message, written at enqueue (logical.c).
+ *	  external	nothing here: workers outside the database claim its tasks
+ *				(external.c); dispatchers never claim them.
  *
  *-------------------------------------------------------------------------
  */
@@ -209,6 +211,23 @@ log_check_target(const char *target)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("a log handler's target must be 1 to 1024 bytes long"),
 				 errhint("Describe what the handler would do; it is written to the server log.")));
+	return pstrdup(target);
+}
+
+/*
+ * An external handler's target is optional: NULL, or a description of
+ * who works its tasks (shown in taskq.handlers, used by nothing).
+ */
+static char *
+external_check_target(const char *target)
+{
+	if (target == NULL)
+		return NULL;
+	if (target[0] == '\0' || strlen(target) > 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("an external handler's target must be NULL or 1 to 1024 bytes long"),
+				 errhint("Describe who works its tasks, or pass NULL.")));
 	return pstrdup(target);
 }
 
@@ -458,6 +477,19 @@ execute_log_kind(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out)
 	execute_log(task, h, out, false);
 }
 
+/*
+ * Dispatchers never claim external tasks, so only a sync enqueue gets
+ * here: there is nothing in the database to run it with.
+ */
+static void
+execute_external(TaskqTask *task, TaskqHandler *h, TaskqOutcome *out)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+			 errmsg("handler \"%s\" is external and cannot run in the database", h->name),
+			 errhint("Enqueue its tasks with mode => 'async'; external workers take them with taskq.claim().")));
+}
+
 /* ----------------------------------------------------------------
  * The kinds
  * ----------------------------------------------------------------
@@ -467,6 +499,7 @@ static const TaskqKindOps kinds[] = {
 	[TASKQ_KIND_NOTIFY] = {"notify", notify_check_target, true, notify_check_task, execute_notify},
 	[TASKQ_KIND_LOG] = {"log", log_check_target, false, NULL, execute_log_kind},
 	[TASKQ_KIND_LOGICAL] = {"logical", taskq_logical_check_target, false, NULL, taskq_logical_execute},
+	[TASKQ_KIND_EXTERNAL] = {"external", external_check_target, false, NULL, execute_external},
 };
 
 const TaskqKindOps *

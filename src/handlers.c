@@ -118,7 +118,8 @@ forget_handlers(void)
 		return;
 	hash_seq_init(&seq, handler_cache);
 	while ((c = hash_seq_search(&seq)) != NULL)
-		pfree(c->h.target);
+		if (c->h.target)
+			pfree(c->h.target);
 	hash_destroy(handler_cache);
 	handler_cache = NULL;
 	handler_cache_rel = InvalidOid;
@@ -160,7 +161,7 @@ cached_handler(const char *name, TaskqHandler *h)
 		pg_class_aclcheck(handler_cache_rel, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
 		return false;
 	*h = c->h;
-	h->target = pstrdup(c->h.target);
+	h->target = c->h.target ? pstrdup(c->h.target) : NULL;	/* external: optional */
 	return true;
 }
 
@@ -191,9 +192,10 @@ cache_handler(const TaskqHandler *h)
 	}
 	c = hash_search(handler_cache, h->name, HASH_ENTER, &found);
 	if (found)
-		pfree(c->h.target);
+		if (c->h.target)
+			pfree(c->h.target);
 	c->h = *h;
-	c->h.target = MemoryContextStrdup(CacheMemoryContext, h->target);
+	c->h.target = h->target ? MemoryContextStrdup(CacheMemoryContext, h->target) : NULL;
 }
 
 /*
@@ -273,7 +275,8 @@ lookup_handler(const char *name, TaskqHandler *h, Snapshot snapshot)
 	memset(h, 0, sizeof(*h));
 	strlcpy(h->name, name, sizeof(h->name));
 	h->kind = taskq_parse_kind(TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull)));
-	h->target = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+	d = SPI_getbinval(tup, desc, 2, &isnull);
+	h->target = isnull ? NULL : TextDatumGetCString(d);	/* external: optional */
 	d = SPI_getbinval(tup, desc, 3, &isnull);
 	if (!isnull)
 		text_to_cstring_buffer(DatumGetTextPP(d), h->queue, sizeof(h->queue));
@@ -389,9 +392,10 @@ write_registration(FunctionCallInfo fcinfo, const char *name, const char *kind,
 	int			i;
 
 	memset(nulls, ' ', sizeof(nulls));
+	nulls[2] = target ? ' ' : 'n';
 	values[0] = CStringGetTextDatum(name);
 	values[1] = CStringGetTextDatum(kind);
-	values[2] = CStringGetTextDatum(target);
+	values[2] = target ? CStringGetTextDatum(target) : (Datum) 0;
 	for (i = 3; i <= 6; i++)
 		optional_arg(fcinfo, i, &values[i], &nulls[i]);
 	values[7] = PG_GETARG_DATUM(7);
@@ -429,14 +433,15 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	TaskqAsOwner save;
 
 	require_not_null(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
-	require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, a description for log, or a message prefix for logical.");
 	require_not_null(fcinfo, 2, "kind", taskq_kind_hint());
 	require_not_null(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
 	require_not_null(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ops = taskq_kind_ops(taskq_parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(2))));
+	if (strcmp(ops->name, "external") != 0)	/* the one kind without a target */
+		require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, a description for log, or a message prefix for logical.");
 	taskq_check_name("handler", name);
-	target = ops->check_target(text_to_cstring(PG_GETARG_TEXT_PP(1)));
+	target = ops->check_target(PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	check_registration_options(fcinfo, ops);
 
 	SPI_connect();

@@ -207,6 +207,8 @@ array_length_of(Datum array)
  * SPI result, valid until the caller's next SPI statement but one:
  * taskq_outbox_claim() is that statement; the caller copies the limited
  * queues' names before.
+ * External handlers count as disabled here: their tasks wait for
+ * external workers (external.c).
  */
 void
 taskq_outbox_read_exclusions(TaskqExclusions *ex)
@@ -223,7 +225,8 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 									   "   concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
 									   "   OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
 									   "   OR aging IS NOT NULL OR grouped) ORDER BY name) AS limited_queues,"
-									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled) AS disabled_handlers",
+									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled"
+									   "       OR kind OPERATOR(pg_catalog.=) 'external') AS disabled_handlers",
 									   0, NULL),
 			NULL, NULL, true, 1, SPI_OK_SELECT, "reading paused queues");
 	desc = SPI_tuptable->tupdesc;
@@ -288,7 +291,13 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 	return (int) i;
 }
 
-/* The claim, around the exclusion of paused queues and disabled handlers. */
+/*
+ * The claim, around the exclusion of paused queues and disabled handlers
+ * (and, for external workers, the choice of queue and handlers).  One
+ * statement for every claimant: a dispatcher sets 'running' with its pid,
+ * an external worker 'dispatched' with a lease and the attempt charged
+ * (see external.c).  Tasks past expires_at end 'expired' either way.
+ */
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
 	" SELECT t.id FROM taskq.tasks t" \
@@ -296,18 +305,31 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 #define CLAIM_SQL_TAIL \
 	" ORDER BY t.priority DESC, t.run_at, t.id" \
-	" LIMIT %d FOR UPDATE SKIP LOCKED)" \
+	" LIMIT %s FOR UPDATE SKIP LOCKED)" \
 	" UPDATE taskq.tasks t SET" \
 	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN 'expired' ELSE 'running' END::taskq.status," \
+	"    THEN 'expired' ELSE %s END::taskq.status," \
 	"  worker_pid = $1, started_at = pg_catalog.now()," \
 	"  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN pg_catalog.now() END" \
+	"    THEN pg_catalog.now() END%s" \
 	" FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id" \
 	" RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts," \
 	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 AS timeout_ms," \
-	"  t.owner::pg_catalog.oid AS owner, t.run_at, t.payload, t.metadata," \
+	"  t.owner::pg_catalog.oid AS owner, t.run_at, t.payload, t.metadata, t.lease_until," \
 	"  t.status OPERATOR(pg_catalog.=) 'expired' AS expired"
+
+/*
+ * The claim statement's text (palloc'd): filter is added to the due
+ * tasks' condition, limit is the LIMIT (a number or a parameter), status
+ * the status a claimed task gets (a SQL expression), set_more further
+ * ", column = value" assignments.  $1 is the pid to record.
+ */
+char *
+taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status,
+					   const char *set_more)
+{
+	return psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL, filter, limit, status, set_more);
+}
 
 /*
  * The claim statements have the batch size written in (a LIMIT parameter
@@ -327,7 +349,7 @@ claim_statement(SPIPlanPtr *cache, const char *filter, int nargs, Oid *types, bo
 
 	if (*cache != NULL)
 		return *cache;
-	sql = psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL, filter, taskq_batch_size);
+	sql = taskq_outbox_claim_sql(filter, psprintf("%d", taskq_batch_size), "'running'", "");
 	return generic ? taskq_prepare_generic(cache, sql, nargs, types) :
 		taskq_prepare_custom(cache, sql, nargs, types);
 }
@@ -755,7 +777,8 @@ static Statement lock_stmt = {
 	.what = "locking a task", .expect = SPI_OK_SELECT,
 	.nargs = 3, .types = {INT8OID, OIDOID, BOOLOID},
 	.sql = "SELECT t.status::pg_catalog.text AS status, t.owner::pg_catalog.oid AS owner,"
-	" t.handler, t.queue, t.dedupe_key, t.attempts, t.max_attempts"
+	" t.handler, t.queue, t.dedupe_key, t.attempts, t.max_attempts,"
+	" COALESCE(t.lease_until OPERATOR(pg_catalog.<=) pg_catalog.clock_timestamp(), false) AS lapsed"
 	" FROM taskq.tasks t LEFT JOIN taskq.handlers h"
 	"   ON h.name OPERATOR(pg_catalog.=) t.handler"
 	" WHERE t.id OPERATOR(pg_catalog.=) $1 AND" MAY_ACT
@@ -792,13 +815,15 @@ taskq_outbox_lock_task(int64 id, Oid caller, bool handler_owner_may, TaskqLocked
 	t->dedupe_key = isnull ? NULL : TextDatumGetCString(d);
 	t->attempts = DatumGetInt32(value_not_null(tup, desc, column(desc, "attempts")));
 	t->max_attempts = DatumGetInt32(value_not_null(tup, desc, column(desc, "max_attempts")));
+	t->lapsed = DatumGetBool(value_not_null(tup, desc, column(desc, "lapsed")));
 	return true;
 }
 
 static Statement lock_ackable_stmt = {
 	.what = "locking tasks to acknowledge", .expect = SPI_OK_SELECT,
 	.nargs = 3, .types = {INT8ARRAYOID, OIDOID, BOOLOID},
-	.sql = "SELECT t.id, t.status OPERATOR(pg_catalog.=) 'dispatched' AS dispatched,"
+	.sql = "SELECT t.id, t.status OPERATOR(pg_catalog.=) 'dispatched'"
+	"   AND COALESCE(t.lease_until OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp(), true) AS dispatched,"
 	" t.handler, t.queue"
 	" FROM taskq.tasks t LEFT JOIN taskq.handlers h"
 	"   ON h.name OPERATOR(pg_catalog.=) t.handler"
@@ -809,7 +834,9 @@ static Statement lock_ackable_stmt = {
 /*
  * Lock, in id order (so that two callers cannot deadlock), the tasks among
  * ids (an int8[] datum) that the caller may acknowledge, as their owner or
- * their handler's; they go into *rows (palloc'd).  Returns how many.
+ * their handler's; they go into *rows (palloc'd).  Returns how many.  A
+ * task whose lease ran out is not "dispatched" any more, even before
+ * maintenance has requeued it: its holder lost it.
  */
 int
 taskq_outbox_lock_ackable(Datum ids, Oid caller, TaskqAckable **rows)

@@ -23,6 +23,7 @@
  *	monitor.c     the functions behind taskq.workers and taskq.stats
  *	cron.c        schedules' text: cron and interval parsing, next fire time (pure)
  *	schedules.c   schedule(), unschedule() and the tick a dispatcher runs
+ *	external.c    external workers: claim, heartbeat, wake channels, session leases
  *
  *-------------------------------------------------------------------------
  */
@@ -274,7 +275,8 @@ typedef enum TaskqKind
 	TASKQ_KIND_FUNCTION,
 	TASKQ_KIND_NOTIFY,
 	TASKQ_KIND_LOG,
-	TASKQ_KIND_LOGICAL
+	TASKQ_KIND_LOGICAL,
+	TASKQ_KIND_EXTERNAL
 } TaskqKind;
 
 /* A handler's registration, as enqueue and dispatch need it. */
@@ -282,7 +284,7 @@ typedef struct TaskqHandler
 {
 	char		name[TASKQ_NAME_MAXLEN + 1];
 	TaskqKind	kind;
-	char	   *target;			/* palloc'd; canonical function or channel */
+	char	   *target;			/* palloc'd; canonical function or channel; NULL for external */
 	char		queue[TASKQ_NAME_MAXLEN + 1];	/* "" when unset */
 	bool		has_priority;
 	int			priority;
@@ -377,6 +379,8 @@ typedef struct TaskqReaped
 typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool failed);
 
 extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
+extern char *taskq_outbox_claim_sql(const char *filter, const char *limit,
+									const char *status, const char *set_more);
 extern int	taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
 							   MemoryContext cxt, TaskqTask **tasks);
 extern char **taskq_outbox_limited_queues(const TaskqExclusions *ex);
@@ -407,6 +411,7 @@ typedef struct TaskqLockedTask
 	char	   *dedupe_key;		/* NULL when none */
 	int			attempts;
 	int			max_attempts;
+	bool		lapsed;			/* its lease ran out: no longer the holder's */
 } TaskqLockedTask;
 
 /* A task that ack() may complete: locked, with what the counters need. */
@@ -528,6 +533,14 @@ extern TimestampTz taskq_cron_next(const TaskqCron *cron, const pg_tz *tz, Times
 extern bool taskq_schedules_firer(int slot_index);
 extern TimestampTz taskq_schedules_tick(int slot_index);
 extern uint64 taskq_schedules_drop_handler(const char *handler);
+
+/* ----------------------------------------------------------------
+ * External workers (external.c); the dispatcher calls these in its own
+ * transactions and SPI connection.
+ * ----------------------------------------------------------------
+ */
+extern void taskq_external_wake_workers(void);
+extern void taskq_external_release_sessions(TaskqLeaseFn each);
 
 /* ----------------------------------------------------------------
  * Workers

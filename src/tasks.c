@@ -371,7 +371,8 @@ taskq_nack(PG_FUNCTION_ARGS)
 	SPI_connect();
 	taskq_become_owner(&save);
 	lock_task(id, caller, true, &t);
-	if (status_is(&t, "dispatched", NULL, NULL))
+	/* a lapsed lease is lost even before maintenance has requeued it */
+	if (status_is(&t, "dispatched", NULL, NULL) && !t.lapsed)
 	{
 		bool		final = t.attempts >= t.max_attempts;
 

@@ -12,9 +12,10 @@ TASKQ_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 # What a fresh Debian machine needs to build and test taskq.  gcc only
 # recommends libc6-dev, and prove (for TAP) lives in perl, not perl-base.
-# python3-psycopg2: the logical replication client of test/t/009_logical.pl.
+# python3-psycopg2: the logical replication client of test/t/009_logical.pl;
+# python3-psycopg: the Python worker library and its tests (clients/).
 TASKQ_DEPS=(postgresql-15 postgresql-server-dev-15 libpq-dev libipc-run-perl
-	make gcc libc6-dev perl python3-psycopg2)
+	make gcc libc6-dev perl python3-psycopg2 python3-psycopg)
 
 # Run a command as root: directly when we are root, through sudo otherwise.
 taskq_as_root() {

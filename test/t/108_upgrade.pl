@@ -297,6 +297,16 @@ is( sql(q{SELECT last_task_id IS NOT NULL AND next_run_at > last_run_at
           FROM taskq.schedules WHERE name = 'upgraded_tick'}),
 	't', 'and advances');
 is(sql(q{SET ROLE alice; SELECT taskq.unschedule('upgraded_tick')}), 't', 'and can be unscheduled');
+# external handlers (new in 0.2): registered without a target, their
+# tasks left to external workers, claimed with a lease and acked
+sql(q{SELECT taskq.register_handler('ext_up', NULL, kind => 'external', queue => 'ext_up')});
+my $ext = sql(q{SELECT taskq.enqueue('ext_up', '{"n": 900}')});
+sql(q{SELECT pg_sleep(0.3)}); # dispatchers had their chance (poll_interval)
+is(sql(qq{SELECT status FROM taskq.tasks WHERE id = $ext}), 'queued', 'dispatchers leave an external task to workers');
+is(sql(q{SELECT id || ' ' || attempt || ' ' || (lease_until > now()) FROM taskq.claim('ext_up', 10, '1 minute')}),
+	"$ext 1 true", 'an external task is claimed after the update');
+is(sql(qq{SELECT taskq.ack($ext)}), 't', 'and acknowledged');
+is(sql(q{SELECT taskq.unregister_handler('ext_up')}), 't', 'the external handler unregisters');
 
 # ---------------------------------------------------------------------
 # Updated = fresh: the same objects, definitions, privileges, comments.
