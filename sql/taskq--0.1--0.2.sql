@@ -119,6 +119,24 @@ UPDATE taskq.tasks t
    AND NOT EXISTS (SELECT FROM taskq.handlers h
                     WHERE h.name OPERATOR(pg_catalog.=) t.handler);
 
+------------------------------------------------------------------------
+-- Claims read one queue at a time.
+--
+-- From 0.2 a dispatcher belongs to an executor and claims only the queues
+-- that executor serves (taskq.executors).  tasks_queue_idx leads with the
+-- queue, so a claim reads each queue it serves from that queue's first
+-- due task, and the default executor finds the queues that have queued
+-- tasks with one descent per distinct queue: a paused queue or another
+-- executor's backlog costs a claim nothing.  It serves every order that
+-- 0.1's tasks_due_idx served within a queue, so that index goes, and an
+-- enqueue maintains one index fewer.
+------------------------------------------------------------------------
+CREATE INDEX tasks_queue_idx ON taskq.tasks (queue, priority DESC, run_at, id)
+    WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status;
+COMMENT ON INDEX taskq.tasks_queue_idx
+    IS 'what claims read: each queue''s queued tasks in dispatch order';
+DROP INDEX taskq.tasks_due_idx;
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

@@ -464,66 +464,6 @@ compare_tasks(const void *a, const void *b)
 }
 
 /*
- * Where a drain got to.  Every claim that starts at the head of
- * tasks_due_idx walks the index entries of the tasks already claimed,
- * dead until vacuum removes them; while a drain returns full batches we
- * go on from the last task claimed, within its priority.  A claim that
- * comes back short, or CURSOR_MS after the last full scan, starts at the
- * head again, so a task of higher priority enqueued meanwhile waits at
- * most that long.
- */
-#define CURSOR_MS	100
-
-static struct
-{
-	bool		valid;
-	int			priority;
-	TimestampTz run_at;
-	int64		id;
-	TimestampTz since;			/* last claim from the head */
-}			cursor;
-
-/*
- * Where this claim starts: after the drain's cursor into *after (returned)
- * while it is valid and less than CURSOR_MS old; else (NULL) at the head,
- * which restarts that clock.  A claim that excludes queues or handlers
- * neither uses nor restarts the cursor.
- */
-static const TaskqClaimAfter *
-claim_start(const TaskqExclusions *ex, TaskqClaimAfter *after)
-{
-	if (ex->n > 0)
-		return NULL;
-	if (cursor.valid &&
-		!TimestampDifferenceExceeds(cursor.since, GetCurrentTimestamp(), CURSOR_MS))
-	{
-		after->priority = cursor.priority;
-		after->run_at = cursor.run_at;
-		after->id = cursor.id;
-		return after;
-	}
-	cursor.since = GetCurrentTimestamp();
-	return NULL;
-}
-
-/*
- * A full batch (claimed without exclusions) means more may follow at this
- * priority: continue after its last task, of the sorted batch.  A short
- * one ends the drain; the next claim starts at the head again.
- */
-static void
-advance_cursor(const TaskqTask *tasks, int n, bool go_on)
-{
-	cursor.valid = go_on;
-	if (cursor.valid)
-	{
-		cursor.priority = tasks[n - 1].priority;
-		cursor.run_at = tasks[n - 1].run_at;
-		cursor.id = tasks[n - 1].id;
-	}
-}
-
-/*
  * After a short batch, in the claim's transaction, read when something
  * next becomes due (*due, *lease; DT_NOEND after a full batch).  The read
  * sees what our earlier batches made due later, so their hints restart.
@@ -549,7 +489,7 @@ static int
 claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 {
 	TaskqExclusions ex;
-	TaskqClaimAfter after;
+	TaskqServed served = {0};
 	TaskqTask  *tasks;
 	int			n;
 
@@ -564,7 +504,7 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	}
 	cancel_seen = taskq_cancel_generation();
 	taskq_outbox_read_exclusions(&ex);
-	n = taskq_outbox_claim(&ex, claim_start(&ex, &after), batch_ctx, &tasks);
+	n = taskq_outbox_claim(&served, &ex, batch_ctx, &tasks);
 	*full = n == taskq_batch_size;
 	read_next_due(*full, due, lease);
 
@@ -576,7 +516,6 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 	commit_tx(taskq_synchronous_commit);
 
 	qsort(tasks, n, sizeof(TaskqTask), compare_tasks);
-	advance_cursor(tasks, n, ex.n == 0 && *full);
 	*tasks_out = tasks;
 	return n;
 }

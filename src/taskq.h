@@ -328,13 +328,15 @@ typedef struct TaskqExclusions
 	Datum		handlers;
 } TaskqExclusions;
 
-/* Where a claim goes on from: after this task, within its priority. */
-typedef struct TaskqClaimAfter
+/*
+ * Which queues a claim serves (text[] datums): an executor's named queues,
+ * or, with queues = 0, every queue except others (the default executor).
+ */
+typedef struct TaskqServed
 {
-	int			priority;
-	TimestampTz run_at;
-	int64		id;
-} TaskqClaimAfter;
+	Datum		queues;			/* 0: every queue not in others */
+	Datum		others;			/* 0: none */
+} TaskqServed;
 
 /* A task that reaping charged or requeued. */
 typedef struct TaskqReaped
@@ -352,7 +354,7 @@ typedef struct TaskqReaped
 typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool failed);
 
 extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
-extern int	taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
+extern int	taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 							   MemoryContext cxt, TaskqTask **tasks);
 extern void taskq_outbox_forget_claim_plans(void);
 extern TimestampTz taskq_outbox_next_due(TimestampTz *lease);
