@@ -15,7 +15,8 @@ OBJS = \
 	src/launcher.o \
 	src/dispatcher.o \
 	src/executors.o \
-	src/monitor.o
+	src/monitor.o \
+	src/pools.o
 
 # Released install scripts are frozen; each release adds an update script.
 # The newest version's install script is built: schema taskq, then the
@@ -26,7 +27,7 @@ DATA_built = sql/taskq--0.2.sql
 PGFILEDESC = "taskq - transactional task outbox"
 
 # Explicit list: sql/ also holds the install script.
-REGRESS = setup handlers enqueue options policies api security
+REGRESS = setup handlers enqueue options policies api security executors
 REGRESS_OPTS = --inputdir=. --outputdir=$(CURDIR)/results
 
 PG_CPPFLAGS = -I$(srcdir)/src

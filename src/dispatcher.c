@@ -202,6 +202,11 @@ between_batches(void)
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 	}
+	if (my_slot->retire)
+	{
+		elog(DEBUG1, "taskq dispatcher %d of executor \"%s\" retiring", my_slot->index, my_slot->executor);
+		exit_because(TASKQ_EXIT_RETIRED);
+	}
 	if (database_wanted_elsewhere())
 	{
 		ereport(LOG,
@@ -479,7 +484,25 @@ read_next_due(bool full, TimestampTz *due, TimestampTz *lease)
 }
 
 /*
- * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
+ * What our executor serves, as this process's taskq.executors says
+ * (reloaded between batches).  False when it names our executor no more,
+ * or the launcher retires us: the launcher reads the same file, and until
+ * it asks us to leave we claim nothing.
+ */
+static bool
+my_executor(TaskqServed *served)
+{
+	int			pool = taskq_pool_find(my_slot->executor);
+
+	if (pool < 0 || my_slot->retire)
+		return false;
+	taskq_pool_served(pool, served);
+	served->batch_size = taskq_pool_batch_size(pool);
+	return true;
+}
+
+/*
+ * Claim up to our executor's batch size of due tasks into batch_ctx.  Returns how
  * many (expired ones included, marked), or -1 if the extension is gone.
  * *full says whether the batch was full.  A short batch means nothing
  * else is due now; the same transaction then reads when something next
@@ -503,9 +526,16 @@ claim(TaskqTask **tasks_out, bool *full, TimestampTz *due, TimestampTz *lease)
 		return -1;
 	}
 	cancel_seen = taskq_cancel_generation();
+	if (!my_executor(&served))
+	{
+		commit_tx(false);
+		*full = false;
+		*due = *lease = DT_NOEND;
+		return 0;
+	}
 	taskq_outbox_read_exclusions(&ex);
 	n = taskq_outbox_claim(&served, &ex, batch_ctx, &tasks);
-	*full = n == taskq_batch_size;
+	*full = n == served.batch_size;
 	read_next_due(*full, due, lease);
 
 	/*
@@ -956,7 +986,8 @@ taskq_dispatcher_main(Datum arg)
 	strlcpy(my_dbname, get_database_name(MyDatabaseId), sizeof(my_dbname));
 	check_extension_version();
 	CommitTransactionCommand();
-	elog(DEBUG1, "taskq dispatcher %d started in database \"%s\"", my_slot->index, my_dbname);
+	elog(DEBUG1, "taskq dispatcher %d of executor \"%s\" started in database \"%s\"",
+		 my_slot->index, my_slot->executor, my_dbname);
 
 	for (;;)
 	{

@@ -266,7 +266,7 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 static int	claim_plans_batch = 0;
 
 static SPIPlanPtr
-claim_statement(void)
+claim_statement(int batch_size)
 {
 	Oid			types[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
 	char	   *sql;
@@ -274,7 +274,7 @@ claim_statement(void)
 	if (claim_plan != NULL)
 		return claim_plan;
 	sql = psprintf(CLAIM_SQL_SERVED CLAIM_SQL_MERGE CLAIM_SQL_UPDATE,
-				   "s.queue", taskq_batch_size, taskq_batch_size);
+				   "s.queue", batch_size, batch_size);
 	return taskq_prepare_generic(&claim_plan, sql, 5, types);
 }
 
@@ -298,7 +298,7 @@ empty_text_array(void)
 }
 
 /*
- * Claim up to taskq.batch_size due tasks of the queues *served names for
+ * Claim up to served->batch_size due tasks of the queues *served names for
  * this backend, skipping ex's paused queues and disabled handlers, and
  * mark them 'running', or 'expired' when past expires_at.  The tasks go
  * into *tasks, allocated in cxt, in the order the statement returned
@@ -315,16 +315,16 @@ taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 	uint64		i;
 	int			n;
 
-	if (claim_plans_batch != taskq_batch_size)
+	if (claim_plans_batch != served->batch_size)
 		taskq_outbox_forget_claim_plans();
-	claim_plans_batch = taskq_batch_size;
+	claim_plans_batch = served->batch_size;
 	values[0] = Int32GetDatum(MyProcPid);
 	values[1] = served->queues;
 	nulls[1] = served->queues == (Datum) 0 ? 'n' : ' ';
 	values[2] = served->others != (Datum) 0 ? served->others : empty_text_array();
 	values[3] = ex->queues;
 	values[4] = ex->handlers;
-	if (SPI_execute_plan(claim_statement(), values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+	if (SPI_execute_plan(claim_statement(served->batch_size), values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: claiming tasks failed");
 
 	n = (int) SPI_processed;
