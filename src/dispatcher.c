@@ -204,7 +204,9 @@ between_batches(void)
 	}
 	if (my_slot->retire)
 	{
-		elog(DEBUG1, "taskq dispatcher %d of executor \"%s\" retiring", my_slot->index, my_slot->executor);
+		ereport(LOG,
+				(errmsg("taskq dispatcher %d of executor \"%s\" in database \"%s\" leaves: the configuration no longer wants it",
+						my_slot->index, my_slot->executor, my_dbname)));
 		exit_because(TASKQ_EXIT_RETIRED);
 	}
 	if (database_wanted_elsewhere())

@@ -29,6 +29,7 @@
 #include "utils/timestamp.h"
 
 static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr claim_excluding_plan = NULL;
 static SPIPlanPtr exclusions_plan = NULL;
 static SPIPlanPtr success_plan = NULL;
 static SPIPlanPtr remove_plan = NULL;
@@ -217,16 +218,18 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 
 /*
  * One queue's candidates: its first due tasks in dispatch order, of
- * enabled handlers, read from tasks_queue_idx.  %s is the queue's
- * expression, %d the batch size.
+ * enabled handlers, read from tasks_queue_idx.  The first %s is the
+ * queue's expression, the second the handler filter (HANDLER_FILTER or
+ * nothing), %d the batch size.
  */
 #define CLAIM_SQL_CANDIDATES \
 	"SELECT t.id, t.priority, t.run_at FROM taskq.tasks t" \
 	" WHERE t.queue OPERATOR(pg_catalog.=) %s" \
 	"   AND t.status OPERATOR(pg_catalog.=) 'queued'" \
-	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"   AND t.handler OPERATOR(pg_catalog.<>) ALL ($5)" \
+	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
 	" ORDER BY t.priority DESC, t.run_at, t.id LIMIT %d"
+
+#define HANDLER_FILTER " AND t.handler OPERATOR(pg_catalog.<>) ALL ($5)"
 
 #define CLAIM_SQL_MERGE \
 	" candidates AS (" \
@@ -239,8 +242,7 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	"   SELECT t.id FROM taskq.tasks t" \
 	"   WHERE t.queue OPERATOR(pg_catalog.=) s.queue" \
 	"     AND t.status OPERATOR(pg_catalog.=) 'queued'" \
-	"     AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"     AND t.handler OPERATOR(pg_catalog.<>) ALL ($5)" \
+	"     AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
 	"   ORDER BY t.priority DESC, t.run_at, t.id LIMIT s.n" \
 	"   FOR UPDATE OF t SKIP LOCKED) l)"
 
@@ -258,28 +260,36 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 	"  t.status OPERATOR(pg_catalog.=) 'expired' AS expired"
 
 /*
- * The claim runs with a generic plan (every step has one right plan: the
- * queue-led index, by equality on queue), planned again when the batch
- * size changes and at each maintenance, so that a plan made while the
- * table was small does not outlive its growth until the next ANALYZE.
+ * Without disabled handlers the claim runs with a generic plan (every
+ * step has one right plan: the queue-led index, by equality on queue),
+ * planned again when the batch size changes and at each maintenance, so
+ * that a plan made while the table was small does not outlive its growth
+ * until the next ANALYZE.  With some, the handler filter is planned for
+ * its values each time: a generic plan estimates "handler <> ALL
+ * (unknown)" from the column's statistics, and with one handler in the
+ * table that is zero rows, which makes a bitmap scan and a sort of the
+ * queue's whole backlog look cheaper than reading its first tasks.
  */
 static int	claim_plans_batch = 0;
 
 static SPIPlanPtr
-claim_statement(int batch_size)
+claim_statement(int batch_size, bool excluding)
 {
 	Oid			types[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	const char *filter = excluding ? HANDLER_FILTER : "";
+	SPIPlanPtr *cache = excluding ? &claim_excluding_plan : &claim_plan;
 	char	   *sql;
 
-	if (claim_plan != NULL)
-		return claim_plan;
+	if (*cache != NULL)
+		return *cache;
 	sql = psprintf(CLAIM_SQL_SERVED CLAIM_SQL_MERGE CLAIM_SQL_UPDATE,
-				   "s.queue", batch_size, batch_size);
-	return taskq_prepare_generic(&claim_plan, sql, 5, types);
+				   "s.queue", filter, batch_size, batch_size, filter);
+	return excluding ? taskq_prepare_custom(cache, sql, 5, types) :
+		taskq_prepare_generic(cache, sql, 5, types);
 }
 
 /*
- * Drop the claim plan, to be planned again at its next use: see
+ * Drop the claim plans, to be planned again at their next use: see
  * claim_plans_batch.
  */
 void
@@ -288,6 +298,9 @@ taskq_outbox_forget_claim_plans(void)
 	if (claim_plan != NULL)
 		SPI_freeplan(claim_plan);
 	claim_plan = NULL;
+	if (claim_excluding_plan != NULL)
+		SPI_freeplan(claim_excluding_plan);
+	claim_excluding_plan = NULL;
 }
 
 /* An empty text[], for an executor that excludes nothing. */
@@ -324,7 +337,7 @@ taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 	values[2] = served->others != (Datum) 0 ? served->others : empty_text_array();
 	values[3] = ex->queues;
 	values[4] = ex->handlers;
-	if (SPI_execute_plan(claim_statement(served->batch_size), values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+	if (SPI_execute_plan(claim_statement(served->batch_size, array_length_of(ex->handlers) > 0), values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "taskq: claiming tasks failed");
 
 	n = (int) SPI_processed;

@@ -186,6 +186,8 @@ is(sql(q{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 202}', queue => 'he
 ok( $node->poll_query_until(
 		'postgres', q{SELECT count(*) = 2 FROM taskq.workers WHERE type = 'dispatcher'}),
 	'the dispatchers start once the update commits');
+is(sql(q{SELECT string_agg(DISTINCT coalesce(executor, '-'), ',') FROM taskq.workers WHERE type = 'dispatcher'}),
+	'default', 'the updated taskq.workers names each dispatcher\'s executor');
 
 # the 0.1 orphan (its dispatcher stopped with the old server) runs again
 sql('UPDATE ctl SET hold = false');
