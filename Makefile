@@ -22,7 +22,8 @@ OBJS = \
 	src/explain.o \
 	src/cron.o \
 	src/schedules.o \
-	src/external.o
+	src/external.o \
+	src/pools.o
 
 # Released install scripts are frozen; each release adds an update script.
 # The newest version's install script is built: schema taskq, then the
@@ -33,7 +34,7 @@ DATA_built = sql/taskq--0.2.sql
 PGFILEDESC = "taskq - transactional task outbox"
 
 # Explicit list: sql/ also holds the install script.
-REGRESS = setup handlers enqueue options policies api security version logical limits plans deps schedules external
+REGRESS = setup handlers enqueue options policies api security version logical limits plans deps schedules external executors
 REGRESS_OPTS = --inputdir=. --outputdir=$(CURDIR)/results
 
 PG_CPPFLAGS = -I$(srcdir)/src

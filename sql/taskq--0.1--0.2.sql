@@ -864,6 +864,52 @@ COMMENT ON FUNCTION taskq.wake_channel(text)
     IS 'the channel to LISTEN on for external tasks of the queue becoming claimable';
 
 
+------------------------------------------------------------------------
+-- Claims read one queue at a time.
+--
+-- From 0.2 a dispatcher belongs to an executor and claims only the queues
+-- that executor serves (taskq.executors).  tasks_queue_idx leads with the
+-- queue, so a claim reads each queue it serves from that queue's first
+-- due task, and the default executor finds the queues that have queued
+-- tasks with one descent per distinct queue: a paused queue or another
+-- executor's backlog costs a claim nothing.  It serves every order that
+-- 0.1's tasks_due_idx served within a queue, so that index goes, and an
+-- enqueue maintains one index fewer.
+------------------------------------------------------------------------
+CREATE INDEX tasks_queue_idx ON taskq.tasks (queue, priority DESC, run_at, id)
+    WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status;
+COMMENT ON INDEX taskq.tasks_queue_idx
+    IS 'what claims read: each queue''s queued tasks in dispatch order';
+DROP INDEX taskq.tasks_due_idx;
+
+------------------------------------------------------------------------
+-- taskq.workers names each dispatcher's executor.
+--
+-- Dispatchers belong to executors (taskq.executors); the view gains the
+-- column executor, last, NULL for the launcher.  taskq._workers() gains
+-- the OUT column, so it and the view are made again, with the view's
+-- security_invoker, comment and grant as above.
+------------------------------------------------------------------------
+DROP VIEW taskq.workers;
+DROP FUNCTION taskq._workers();
+CREATE FUNCTION taskq._workers(
+    OUT pid int, OUT type text, OUT database name, OUT worker int,
+    OUT queue text, OUT state text, OUT current_task bigint,
+    OUT task_started_at timestamptz, OUT started_at timestamptz,
+    OUT processed bigint, OUT failed bigint,
+    OUT last_error text, OUT last_error_at timestamptz,
+    OUT executor text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'taskq_list_workers'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION taskq._workers()
+    IS 'internal: live taskq workers, from shared memory; use the view taskq.workers';
+CREATE VIEW taskq.workers WITH (security_invoker = true) AS
+    SELECT * FROM taskq._workers();
+COMMENT ON VIEW taskq.workers IS 'one row per live taskq worker; another role''s current task and last error show only to roles with its privileges and to pg_read_all_stats';
+GRANT SELECT ON taskq.workers TO PUBLIC;
+
+
 -- Dispatchers that found this database at another version wait for this
 -- update; start them again as soon as it commits.  (Keep this last.)
 SELECT taskq._wake_launcher();

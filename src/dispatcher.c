@@ -247,6 +247,13 @@ between_batches(void)
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
 	}
+	if (my_slot->retire)
+	{
+		ereport(LOG,
+				(errmsg("taskq dispatcher %d of executor \"%s\" in database \"%s\" leaves: the configuration no longer wants it",
+						my_slot->index, my_slot->executor, my_dbname)));
+		exit_because(TASKQ_EXIT_RETIRED);
+	}
 	if (database_wanted_elsewhere())
 	{
 		ereport(LOG,
@@ -531,66 +538,6 @@ compare_tasks(const void *a, const void *b)
 }
 
 /*
- * Where a drain got to.  Every claim that starts at the head of
- * tasks_due_idx walks the index entries of the tasks already claimed,
- * dead until vacuum removes them; while a drain returns full batches we
- * go on from the last task claimed, within its priority.  A claim that
- * comes back short, or CURSOR_MS after the last full scan, starts at the
- * head again, so a task of higher priority enqueued meanwhile waits at
- * most that long.
- */
-#define CURSOR_MS	100
-
-static struct
-{
-	bool		valid;
-	int			priority;
-	TimestampTz run_at;
-	int64		id;
-	TimestampTz since;			/* last claim from the head */
-}			cursor;
-
-/*
- * Where this claim starts: after the drain's cursor into *after (returned)
- * while it is valid and less than CURSOR_MS old; else (NULL) at the head,
- * which restarts that clock.  A claim that excludes queues or handlers
- * neither uses nor restarts the cursor.
- */
-static const TaskqClaimAfter *
-claim_start(const TaskqExclusions *ex, TaskqClaimAfter *after)
-{
-	if (ex->n > 0)
-		return NULL;
-	if (cursor.valid &&
-		!TimestampDifferenceExceeds(cursor.since, GetCurrentTimestamp(), CURSOR_MS))
-	{
-		after->priority = cursor.priority;
-		after->run_at = cursor.run_at;
-		after->id = cursor.id;
-		return after;
-	}
-	cursor.since = GetCurrentTimestamp();
-	return NULL;
-}
-
-/*
- * A full batch (claimed without exclusions) means more may follow at this
- * priority: continue after its last task, of the sorted batch.  A short
- * one ends the drain; the next claim starts at the head again.
- */
-static void
-advance_cursor(const TaskqTask *tasks, int n, bool go_on)
-{
-	cursor.valid = go_on;
-	if (cursor.valid)
-	{
-		cursor.priority = tasks[n - 1].priority;
-		cursor.run_at = tasks[n - 1].run_at;
-		cursor.id = tasks[n - 1].id;
-	}
-}
-
-/*
  * After a short batch, in the claim's transaction, read when something
  * next becomes due (*due, *lease; DT_NOEND after a full batch).  The read
  * sees what our earlier batches made due later, so their hints restart.
@@ -607,7 +554,7 @@ read_next_due(bool full, TimestampTz *due, TimestampTz *lease)
 
 /*
  * While a dispatcher drains limited queues, the plain claim, which must
- * step over their queued tasks in tasks_due_idx, runs at most every
+ * step over them in the served queues' claim, runs at most every
  * PLAIN_RETRY_MS once it found nothing: a task of an unlimited queue
  * committed meanwhile waits that long at most, and a backlog of limited
  * tasks is not walked once per batch.
@@ -617,24 +564,52 @@ read_next_due(bool full, TimestampTz *due, TimestampTz *lease)
 static TimestampTz plain_empty_at = 0;
 
 /*
- * Fill the rest of a batch (tasks[n..]) from the limited queues, each
- * through its own claim, which locks the queue's row and enforces its
- * limits; in name order, the order every claimer locks them in.  Returns
- * the new count.
+ * What our executor serves, as this process's taskq.executors says
+ * (reloaded between batches).  False when it names our executor no more,
+ * or the launcher retires us: the launcher reads the same file, and until
+ * it asks us to leave we claim nothing.
+ */
+static bool
+my_executor(TaskqServed *served)
+{
+	int			pool = taskq_pool_find(my_slot->executor);
+
+	if (pool < 0 || my_slot->retire)
+		return false;
+	taskq_pool_served(pool, served);
+	served->batch_size = taskq_pool_batch_size(pool);
+	return true;
+}
+
+/*
+ * Fill the rest of a batch (tasks[n..]) from the limited queues that our
+ * executor serves, each through its own claim, which locks the queue's
+ * row and enforces its limits (share: the executor's workers); in name
+ * order, the order every claimer locks them in.  Returns the new count.
  */
 static int
-claim_limited(const TaskqExclusions *ex, char **queues, TaskqTask *tasks, int n)
+claim_limited(const TaskqExclusions *ex, char **queues, const TaskqServed *served,
+			  TaskqTask *tasks, int n)
 {
+	int			pool = taskq_pool_find(my_slot->executor);
 	int			i;
 
-	for (i = 0; i < ex->nlimited && n < taskq_batch_size; i++)
-		n += taskq_outbox_claim_queue(queues[i], taskq_batch_size - n, taskq_workers,
-									  ex->handlers, batch_ctx, tasks + n);
+	for (i = 0; i < ex->nlimited && n < served->batch_size; i++)
+	{
+		const char *executor = taskq_queue_executor(queues[i]);
+
+		if (executor == NULL || strcmp(executor, my_slot->executor) != 0)
+			continue;			/* another executor's queue */
+		n += taskq_outbox_claim_queue(queues[i], served->batch_size - n,
+									  taskq_pool_workers(pool), ex->handlers,
+									  batch_ctx, tasks + n);
+	}
 	return n;
 }
 
 /*
- * Claim up to taskq.batch_size due tasks into batch_ctx.  Returns how
+ * Claim up to our executor's batch size of due tasks into batch_ctx: the
+ * plain claim of the queues it serves, then its limited queues.  Returns how
  * many (expired ones included, marked), or -1 if the extension is gone.
  * *full says whether the batch was full, *limited how many came from
  * limited queues (in draining: the last batch had some, see
@@ -647,7 +622,7 @@ claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampT
 	  TimestampTz *lease)
 {
 	TaskqExclusions ex;
-	TaskqClaimAfter after;
+	TaskqServed served = {0};
 	TaskqTask  *tasks;
 	char	  **limited_queues;
 	int			n;
@@ -664,21 +639,29 @@ claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampT
 		return -1;
 	}
 	cancel_seen = taskq_cancel_generation();
+	if (!my_executor(&served))
+	{
+		commit_tx(false);
+		*full = false;
+		*limited = 0;
+		*due = *lease = DT_NOEND;
+		return 0;
+	}
 	taskq_outbox_read_exclusions(&ex);
 	limited_queues = taskq_outbox_limited_queues(&ex);
 	skip_plain = draining && ex.nlimited > 0 &&
 		!TimestampDifferenceExceeds(plain_empty_at, GetCurrentTimestamp(), PLAIN_RETRY_MS);
 	if (skip_plain)
-		tasks = MemoryContextAllocZero(batch_ctx, sizeof(TaskqTask) * Max(taskq_batch_size, 1));
+		tasks = MemoryContextAllocZero(batch_ctx, sizeof(TaskqTask) * Max(served.batch_size, 1));
 	else
 	{
-		plain = taskq_outbox_claim(&ex, claim_start(&ex, &after), batch_ctx, &tasks);
+		plain = taskq_outbox_claim(&served, &ex, batch_ctx, &tasks);
 		if (plain == 0)
 			plain_empty_at = GetCurrentTimestamp();
 	}
-	n = claim_limited(&ex, limited_queues, tasks, plain);
+	n = claim_limited(&ex, limited_queues, &served, tasks, plain);
 	*limited = n - plain;
-	*full = n == taskq_batch_size;
+	*full = n == served.batch_size;
 	read_next_due(*full, due, lease);
 	if (!*full)
 		taskq_external_wake_workers();	/* external tasks left due: notified at commit */
@@ -691,7 +674,6 @@ claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampT
 	commit_tx(taskq_synchronous_commit);
 
 	qsort(tasks, plain, sizeof(TaskqTask), compare_tasks);
-	advance_cursor(tasks, plain, ex.n == 0 && plain == taskq_batch_size);
 	*tasks_out = tasks;
 	return n;
 }
@@ -1152,7 +1134,8 @@ taskq_dispatcher_main(Datum arg)
 	strlcpy(my_dbname, get_database_name(MyDatabaseId), sizeof(my_dbname));
 	check_extension_version();
 	CommitTransactionCommand();
-	elog(DEBUG1, "taskq dispatcher %d started in database \"%s\"", my_slot->index, my_dbname);
+	elog(DEBUG1, "taskq dispatcher %d of executor \"%s\" started in database \"%s\"",
+		 my_slot->index, my_slot->executor, my_dbname);
 
 	for (;;)
 	{

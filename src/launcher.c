@@ -79,7 +79,10 @@
 typedef struct Wanted
 {
 	Oid			dboid;
-	int			index;
+	char		executor[TASKQ_NAME_MAXLEN + 1];
+	int			pool;			/* the executor's number in taskq.executors now */
+	int			index;			/* which of its workers */
+	bool		retiring;		/* asked to leave between batches */
 	int			slot;			/* -1 when not running */
 	BackgroundWorkerHandle *handle;
 	TimestampTz next_start;
@@ -191,13 +194,18 @@ forget_problem(const char *key)
 }
 
 static Wanted *
-find_wanted(Oid dboid, int index)
+find_wanted(Oid dboid, int pool, int index)
 {
 	int			i;
+	const char *executor = taskq_pool_name(pool);
 
 	for (i = 0; i < nwanted; i++)
-		if (wanted[i].dboid == dboid && wanted[i].index == index)
+		if (wanted[i].dboid == dboid && wanted[i].index == index &&
+			strcmp(wanted[i].executor, executor) == 0)
+		{
+			wanted[i].pool = pool;
 			return &wanted[i];
+		}
 	if (nwanted == maxwanted)
 	{
 		maxwanted = Max(16, maxwanted * 2);
@@ -208,6 +216,8 @@ find_wanted(Oid dboid, int index)
 	memset(&wanted[nwanted], 0, sizeof(Wanted));
 	wanted[nwanted].dboid = dboid;
 	wanted[nwanted].index = index;
+	wanted[nwanted].pool = pool;
+	strlcpy(wanted[nwanted].executor, executor, sizeof(wanted[nwanted].executor));
 	wanted[nwanted].slot = -1;
 	return &wanted[nwanted++];
 }
@@ -306,9 +316,9 @@ database_name(Oid dboid)
 	return "?";
 }
 
-/* Take a free slot for a dispatcher; -1 if none. */
+/* Take a free slot for w's dispatcher; -1 if none. */
 static int
-take_slot(Oid dboid, int index)
+take_slot(const Wanted *w)
 {
 	int			i;
 	int			found = -1;
@@ -322,8 +332,10 @@ take_slot(Oid dboid, int index)
 		{
 			memset(s, 0, sizeof(*s));
 			s->in_use = true;
-			s->dboid = dboid;
-			s->index = index;
+			s->dboid = w->dboid;
+			s->index = w->index;
+			s->pool = w->pool;
+			strlcpy(s->executor, w->executor, sizeof(s->executor));
 			s->procno = -1;
 			found = i;
 			break;
@@ -365,7 +377,7 @@ static void
 start_dispatcher(Wanted *w)
 {
 	BackgroundWorker bw;
-	int			slot = take_slot(w->dboid, w->index);
+	int			slot = take_slot(w);
 
 	if (slot < 0)
 	{
@@ -378,7 +390,8 @@ start_dispatcher(Wanted *w)
 	bw.bgw_restart_time = BGW_NEVER_RESTART;
 	snprintf(bw.bgw_library_name, BGW_MAXLEN, "taskq");
 	snprintf(bw.bgw_function_name, BGW_MAXLEN, "taskq_dispatcher_main");
-	snprintf(bw.bgw_name, BGW_MAXLEN, "taskq dispatcher %d for database %u", w->index, w->dboid);
+	snprintf(bw.bgw_name, BGW_MAXLEN, "taskq dispatcher %s/%d for database %u",
+			 w->executor, w->index, w->dboid);
 	snprintf(bw.bgw_type, BGW_MAXLEN, "taskq dispatcher");
 	bw.bgw_main_arg = Int32GetDatum(slot);
 	bw.bgw_notify_pid = MyProcPid;
@@ -395,17 +408,17 @@ start_dispatcher(Wanted *w)
 }
 
 /*
- * The background worker slots taskq needs: the launcher and taskq.workers
- * dispatchers in each usable database of taskq.databases.
+ * The background worker slots taskq needs: the launcher and every
+ * executor's workers in each usable database of taskq.databases.
  */
 static int
 slots_needed(int ndatabases)
 {
-	return 1 + ndatabases * taskq_workers;
+	return 1 + ndatabases * taskq_pool_total_workers();
 }
 
 /*
- * Once per value of taskq.databases and taskq.workers: say how many
+ * Once per value of taskq.databases and the executors' sizes: say how many
  * worker slots taskq takes of max_worker_processes, and how to size it
  * when parallel query would be left short.
  */
@@ -415,15 +428,17 @@ log_sizing(int ndatabases)
 	int			need = slots_needed(ndatabases);
 	int			logrep = max_logical_replication_workers > 0 ? 1 : 0;
 
-	if (ndatabases == sized_databases && taskq_workers == sized_workers)
+	int			workers = taskq_pool_total_workers();
+
+	if (ndatabases == sized_databases && workers == sized_workers)
 		return;
 	sized_databases = ndatabases;
-	sized_workers = taskq_workers;
+	sized_workers = workers;
 	if (need + logrep + max_parallel_workers <= max_worker_processes)
 		return;
 	ereport(need + logrep > max_worker_processes ? WARNING : LOG,
-			(errmsg("taskq needs %d of max_worker_processes = %d background worker slots: 1 launcher + %d database(s) x taskq.workers = %d",
-					need, max_worker_processes, ndatabases, taskq_workers),
+			(errmsg("taskq needs %d of max_worker_processes = %d background worker slots: 1 launcher + %d database(s) x %d dispatchers (taskq.workers and the workers of taskq.executors)",
+					need, max_worker_processes, ndatabases, workers),
 			 errdetail("Parallel query (max_parallel_workers = %d), logical replication and other extensions take their workers from the same slots.",
 					   max_parallel_workers),
 			 errhint("Set max_worker_processes to at least %d (taskq) + %d (max_parallel_workers) + %d (logical replication launcher) + what other extensions use, and restart.",
@@ -479,7 +494,7 @@ report_no_slot(void)
 				(errmsg("taskq: %d of %d dispatchers could not start: no background worker slot is free (max_worker_processes = %d)",
 						waiting, nseen, max_worker_processes),
 				 errdetail("%d database(s) have no dispatcher at all; their tasks wait.", nstarved),
-				 errhint("Set max_worker_processes to at least %d (taskq: 1 launcher + taskq.workers per database) + max_parallel_workers (%d) + what other extensions use, and restart.  taskq keeps trying meanwhile.",
+				 errhint("Set max_worker_processes to at least %d (taskq: 1 launcher + every executor's workers per database) + max_parallel_workers (%d) + what other extensions use, and restart.  taskq keeps trying meanwhile.",
 						 1 + nseen, max_parallel_workers)));
 	else if (waiting == 0 && logged_no_slot > 0)
 		ereport(LOG, (errmsg("taskq: no dispatcher waits for a background worker slot any more")));
@@ -538,6 +553,10 @@ dispatcher_stopped(Wanted *w)
 		case TASKQ_EXIT_STOPPED:
 			delay = 0;			/* the handler was at fault, not the dispatcher */
 			break;
+		case TASKQ_EXIT_RETIRED:
+			delay = 0;			/* wanted again only if its executor came back */
+			w->failures = 0;
+			break;
 		default:
 			/* an error or a crash; if it ran a good while, it was not a loop */
 			if (ran_since != 0 && TimestampDifferenceExceeds(ran_since, now, RETRY_ERROR_MAX_MS))
@@ -577,21 +596,6 @@ end_old_dispatchers(void)
 		}
 	}
 	LWLockRelease(taskq_lock());
-}
-
-/*
- * Stop a dispatcher that is no longer wanted.  The slot says first that
- * this is a planned stop, so that the task its handler runs goes back to
- * 'queued' uncharged instead of counting a crash.
- */
-static void
-stop_unwanted(Wanted *w)
-{
-	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
-	if (taskq_slot(w->slot)->stop_task == 0)
-		taskq_slot(w->slot)->stop_cause = TASKQ_CAUSE_STOP;
-	LWLockRelease(taskq_lock());
-	TerminateBackgroundWorker(w->handle);
 }
 
 static void
@@ -657,6 +661,39 @@ stop_overrunning_handlers(void)
 }
 
 /*
+ * Ask w's dispatcher, no longer wanted (its executor shrank or went, or
+ * its database left taskq.databases), to leave between batches: its
+ * running tasks finish first.  One that has not started yet finds the
+ * flag before its first claim.  If it is wanted again before it leaves
+ * (a quick reload back), the flag is taken back.
+ */
+static void
+retire(Wanted *w)
+{
+	TaskqSlot  *s = taskq_slot(w->slot);
+
+	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+	s->retire = true;
+	if (s->procno >= 0)
+		SetLatch(&ProcGlobal->allProcs[s->procno].procLatch);
+	LWLockRelease(taskq_lock());
+	w->retiring = true;
+}
+
+/* w is wanted again before its dispatcher left: it stays. */
+static void
+unretire(Wanted *w)
+{
+	if (w->slot >= 0)
+	{
+		LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
+		taskq_slot(w->slot)->retire = false;
+		LWLockRelease(taskq_lock());
+	}
+	w->retiring = false;
+}
+
+/*
  * One pass: start what is wanted and due, stop what is no longer wanted,
  * notice what stopped.  Returns when the next pass is needed.
  */
@@ -679,14 +716,19 @@ reconcile(void)
 		Oid			dboid = lfirst_oid(lc);
 		bool		ext_created = taskq_take_extension_wakeup(dboid);
 
-		for (i = 0; i < taskq_workers; i++)
-		{
-			Wanted	   *w = find_wanted(dboid, i);
+		int			pool;
 
-			w->seen = true;
-			if (ext_created && (w->last_exit == TASKQ_EXIT_NO_EXTENSION ||
-								w->last_exit == TASKQ_EXIT_WRONG_VERSION))
-				w->next_start = 0;
+		for (pool = 0; pool < taskq_pool_count(); pool++)
+		{
+			for (i = 0; i < taskq_pool_workers(pool); i++)
+			{
+				Wanted	   *w = find_wanted(dboid, pool, i);
+
+				w->seen = true;
+				if (ext_created && (w->last_exit == TASKQ_EXIT_NO_EXTENSION ||
+									w->last_exit == TASKQ_EXIT_WRONG_VERSION))
+					w->next_start = 0;
+			}
 		}
 	}
 
@@ -712,10 +754,12 @@ reconcile(void)
 			w->next_start = now;
 		if (!w->seen)
 		{
-			if (w->slot >= 0 && w->handle != NULL)
-				stop_unwanted(w);
+			if (w->slot >= 0 && !w->retiring)
+				retire(w);
 			continue;
 		}
+		if (w->retiring)
+			unretire(w);
 		if (w->slot < 0 && now >= w->next_start)
 			start_dispatcher(w);
 		if (w->slot < 0 && w->next_start < next)

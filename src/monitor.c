@@ -85,6 +85,13 @@ may_see_owner(bool all, Oid owner)
 }
 
 /*
+ * The columns of taskq._workers(): 0.2 added executor, the last one.  A
+ * database still at 0.1 declares one fewer; tuplestore_putvalues() takes
+ * only the columns the declared row has.
+ */
+#define WORKER_COLUMNS	14
+
+/*
  * taskq._workers(): the launcher, then one row per live dispatcher.
  * Another role's current task shows as NULL (with its queue and start)
  * and its last error as '<insufficient privilege>', as pg_stat_activity
@@ -104,8 +111,8 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 	taskq_materialize(fcinfo, &store, &desc);
 	if (launcher != 0)
 	{
-		Datum		values[13] = {0};
-		bool		nulls[13];
+		Datum		values[WORKER_COLUMNS] = {0};
+		bool		nulls[WORKER_COLUMNS];
 
 		memset(nulls, true, sizeof(nulls));
 		values[0] = Int32GetDatum(launcher);
@@ -132,8 +139,8 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 	for (i = 0; i < n; i++)
 	{
 		TaskqSlot  *s = &copy[i];
-		Datum		values[13] = {0};
-		bool		nulls[13] = {false};
+		Datum		values[WORKER_COLUMNS] = {0};
+		bool		nulls[WORKER_COLUMNS] = {false};
 		char	   *dbname = get_database_name(s->dboid);
 		bool		no_task = s->current_task == 0 || !may_see_owner(all, s->current_owner);
 
@@ -156,6 +163,7 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 		nulls[11] = s->last_error[0] == '\0';
 		values[12] = TimestampTzGetDatum(s->last_error_at);
 		nulls[12] = s->last_error[0] == '\0';
+		values[13] = CStringGetTextDatum(s->executor);
 		tuplestore_putvalues(store, desc, values, nulls);
 	}
 	return (Datum) 0;

@@ -30,7 +30,6 @@
 
 static SPIPlanPtr claim_plan = NULL;
 static SPIPlanPtr claim_excluding_plan = NULL;
-static SPIPlanPtr claim_cursor_plan = NULL;
 static SPIPlanPtr exclusions_plan = NULL;
 static SPIPlanPtr success_plan = NULL;
 static SPIPlanPtr remove_plan = NULL;
@@ -292,11 +291,28 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 }
 
 /*
- * The claim, around the exclusion of paused queues and disabled handlers
- * (and, for external workers, the choice of queue and handlers).  One
- * statement for every claimant: a dispatcher sets 'running' with its pid,
- * an external worker 'dispatched' with a lease and the attempt charged
- * (see external.c).  Tasks past expires_at end 'expired' either way.
+ * Setting claimed tasks (the rows of %s, which selects their ids) to the
+ * claimant's status, a SQL expression ('running' for a dispatcher,
+ * 'dispatched' for an external worker), with $1 as the pid to record and
+ * set_more's further ", column = value" assignments; 'expired' instead
+ * when past expires_at.  One text for every claimant.
+ */
+#define CLAIM_SQL_SET \
+	" UPDATE taskq.tasks t SET" \
+	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
+	"    THEN 'expired' ELSE %s END::taskq.status," \
+	"  worker_pid = $1, started_at = pg_catalog.now()," \
+	"  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
+	"    THEN pg_catalog.now() END%s" \
+	" FROM %s c WHERE t.id OPERATOR(pg_catalog.=) c.id" \
+	" RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts," \
+	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 AS timeout_ms," \
+	"  t.owner::pg_catalog.oid AS owner, t.run_at, t.payload, t.metadata, t.lease_until," \
+	"  t.status OPERATOR(pg_catalog.=) 'expired' AS expired"
+
+/*
+ * An external worker's claim (external.c): due tasks of one queue in
+ * dispatch order, read from tasks_queue_idx, SKIP LOCKED.
  */
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
@@ -305,53 +321,120 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 #define CLAIM_SQL_TAIL \
 	" ORDER BY t.priority DESC, t.run_at, t.id" \
-	" LIMIT %s FOR UPDATE SKIP LOCKED)" \
-	" UPDATE taskq.tasks t SET" \
-	"  status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN 'expired' ELSE %s END::taskq.status," \
-	"  worker_pid = $1, started_at = pg_catalog.now()," \
-	"  finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()" \
-	"    THEN pg_catalog.now() END%s" \
-	" FROM c WHERE t.id OPERATOR(pg_catalog.=) c.id" \
-	" RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts," \
-	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 AS timeout_ms," \
-	"  t.owner::pg_catalog.oid AS owner, t.run_at, t.payload, t.metadata, t.lease_until," \
-	"  t.status OPERATOR(pg_catalog.=) 'expired' AS expired"
+	" LIMIT %s FOR UPDATE SKIP LOCKED)"
 
 /*
- * The claim statement's text (palloc'd): filter is added to the due
- * tasks' condition, limit is the LIMIT (a number or a parameter), status
- * the status a claimed task gets (a SQL expression), set_more further
- * ", column = value" assignments.  $1 is the pid to record.
+ * The external claim's text (palloc'd): filter is added to the due tasks'
+ * condition, limit is the LIMIT (a number or a parameter), status the
+ * status a claimed task gets, set_more further assignments (see
+ * CLAIM_SQL_SET).
  */
 char *
 taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status,
 					   const char *set_more)
 {
-	return psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL, filter, limit, status, set_more);
+	return psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL CLAIM_SQL_SET,
+					filter, limit, status, set_more, "c");
 }
 
 /*
- * The claim statements have the batch size written in (a LIMIT parameter
- * would make the generic plan guess a tenth of the table and hash-join
- * it).  $1 is our pid; a filter's parameters follow.  The plain and the
- * cursor claims run with generic plans, planned again when the batch size
- * changes and at each maintenance, so that a plan made while the table
- * was small does not outlive its growth until the next ANALYZE.
+ * The claim, in three steps, one statement:
+ *
+ *	served		the queues this dispatcher's executor serves that have due
+ *				work: its named queues, or (the default executor) every
+ *				queue with a queued task that no other executor names, found
+ *				by a skip scan of tasks_queue_idx (one descent per distinct
+ *				queued queue, however long its backlog).  Paused queues drop
+ *				out here, so their backlog costs nothing.
+ *	candidates	for each served queue, its first due tasks in dispatch
+ *				order (CLAIM_SQL_CANDIDATES: one queue's step, kept apart so
+ *				that queue limits and group fairness can replace it), merged
+ *				into the batch's top batch_size: how many each queue gives.
+ *	lock		each queue's share, taken again in the same order with FOR
+ *				UPDATE SKIP LOCKED, so concurrent dispatchers of one executor
+ *				take different tasks and no more rows are locked than the
+ *				batch uses.
+ *
+ * $1 is our pid; $2 the executor's queues (text[]; NULL for the default
+ * executor), $3 the queues other executors serve (for the default one),
+ * $4 the paused queues, $5 the disabled handlers.  The batch size is
+ * written in (a LIMIT parameter would make the generic plan guess a tenth
+ * of the table and hash-join it).
+ */
+#define CLAIM_SQL_SERVED \
+	"WITH RECURSIVE queued(queue) AS (" \
+	"  (SELECT t.queue FROM taskq.tasks t WHERE $2 IS NULL" \
+	"     AND t.status OPERATOR(pg_catalog.=) 'queued' ORDER BY t.queue LIMIT 1)" \
+	"  UNION ALL" \
+	"  SELECT (SELECT t.queue FROM taskq.tasks t" \
+	"          WHERE t.status OPERATOR(pg_catalog.=) 'queued'" \
+	"            AND t.queue OPERATOR(pg_catalog.>) q.queue ORDER BY t.queue LIMIT 1)" \
+	"  FROM queued q WHERE q.queue IS NOT NULL)," \
+	" served(queue) AS (" \
+	"  SELECT s.queue FROM (SELECT x.queue FROM pg_catalog.unnest($2::pg_catalog.text[]) AS x(queue)" \
+	"                      UNION ALL" \
+	"                      SELECT q.queue FROM queued q WHERE q.queue IS NOT NULL" \
+	"                        AND q.queue OPERATOR(pg_catalog.<>) ALL ($3)) s" \
+	"  WHERE s.queue OPERATOR(pg_catalog.<>) ALL ($4)),"
+
+/*
+ * One queue's candidates: its first due tasks in dispatch order, of
+ * enabled handlers, read from tasks_queue_idx.  The first %s is the
+ * queue's expression, the second the handler filter (HANDLER_FILTER or
+ * nothing), %d the batch size.
+ */
+#define CLAIM_SQL_CANDIDATES \
+	"SELECT t.id, t.priority, t.run_at FROM taskq.tasks t" \
+	" WHERE t.queue OPERATOR(pg_catalog.=) %s" \
+	"   AND t.status OPERATOR(pg_catalog.=) 'queued'" \
+	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
+	" ORDER BY t.priority DESC, t.run_at, t.id LIMIT %d"
+
+#define HANDLER_FILTER " AND t.handler OPERATOR(pg_catalog.<>) ALL ($5)"
+
+#define CLAIM_SQL_MERGE \
+	" candidates AS (" \
+	"  SELECT s.queue, c.priority, c.run_at, c.id FROM served s," \
+	"   LATERAL (" CLAIM_SQL_CANDIDATES ") c" \
+	"  ORDER BY c.priority DESC, c.run_at, c.id LIMIT %d)," \
+	" shares AS (SELECT queue, pg_catalog.count(*) AS n FROM candidates GROUP BY queue)," \
+	" locked AS (" \
+	"  SELECT l.id FROM shares s, LATERAL (" \
+	"   SELECT t.id FROM taskq.tasks t" \
+	"   WHERE t.queue OPERATOR(pg_catalog.=) s.queue" \
+	"     AND t.status OPERATOR(pg_catalog.=) 'queued'" \
+	"     AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
+	"   ORDER BY t.priority DESC, t.run_at, t.id LIMIT s.n" \
+	"   FOR UPDATE OF t SKIP LOCKED) l)"
+
+
+/*
+ * Without disabled handlers the claim runs with a generic plan (every
+ * step has one right plan: the queue-led index, by equality on queue),
+ * planned again when the batch size changes and at each maintenance, so
+ * that a plan made while the table was small does not outlive its growth
+ * until the next ANALYZE.  With some, the handler filter is planned for
+ * its values each time: a generic plan estimates "handler <> ALL
+ * (unknown)" from the column's statistics, and with one handler in the
+ * table that is zero rows, which makes a bitmap scan and a sort of the
+ * queue's whole backlog look cheaper than reading its first tasks.
  */
 static int	claim_plans_batch = 0;
 
-/* The claim with this filter, prepared once into *cache. */
 static SPIPlanPtr
-claim_statement(SPIPlanPtr *cache, const char *filter, int nargs, Oid *types, bool generic)
+claim_statement(int batch_size, bool excluding)
 {
+	Oid			types[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	const char *filter = excluding ? HANDLER_FILTER : "";
+	SPIPlanPtr *cache = excluding ? &claim_excluding_plan : &claim_plan;
 	char	   *sql;
 
 	if (*cache != NULL)
 		return *cache;
-	sql = taskq_outbox_claim_sql(filter, psprintf("%d", taskq_batch_size), "'running'", "");
-	return generic ? taskq_prepare_generic(cache, sql, nargs, types) :
-		taskq_prepare_custom(cache, sql, nargs, types);
+	sql = psprintf(CLAIM_SQL_SERVED CLAIM_SQL_MERGE CLAIM_SQL_SET,
+				   "s.queue", filter, batch_size, batch_size, filter, "'running'", "", "locked");
+	return excluding ? taskq_prepare_custom(cache, sql, 5, types) :
+		taskq_prepare_generic(cache, sql, 5, types);
 }
 
 /*
@@ -361,84 +444,55 @@ claim_statement(SPIPlanPtr *cache, const char *filter, int nargs, Oid *types, bo
 void
 taskq_outbox_forget_claim_plans(void)
 {
-	SPIPlanPtr *plans[3] = {&claim_plan, &claim_cursor_plan, &claim_excluding_plan};
-	int			i;
-
-	for (i = 0; i < (int) lengthof(plans); i++)
-	{
-		if (*plans[i] != NULL)
-			SPI_freeplan(*plans[i]);
-		*plans[i] = NULL;
-	}
+	if (claim_plan != NULL)
+		SPI_freeplan(claim_plan);
+	claim_plan = NULL;
+	if (claim_excluding_plan != NULL)
+		SPI_freeplan(claim_excluding_plan);
+	claim_excluding_plan = NULL;
 }
 
-/*
- * The claim statement for these parameters, with its arguments in values:
- * excluding ex's queues and handlers when there are any, else after the
- * task *after within its priority, else from the head of the index.
- *
- * Paused queues and disabled handlers are rare.  Without any, the claim
- * is the plain ordered scan of tasks_due_idx.  With some, the claim
- * excludes them by value, planned for those values each time: a generic
- * plan estimates "queue <> ALL (unknown)" from the column's statistics,
- * and with a single queue in the table that estimate is zero rows, which
- * makes a sort of the whole table look cheaper than the index.
- */
-static SPIPlanPtr
-choose_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after, Datum *values)
+/* An empty text[], for an executor that excludes nothing. */
+static Datum
+empty_text_array(void)
 {
-	Oid			types[3] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID};
-	Oid			cursor_types[4] = {INT4OID, INT4OID, TIMESTAMPTZOID, INT8OID};
-
-	values[0] = Int32GetDatum(MyProcPid);
-	if (ex->n > 0)
-	{
-		values[1] = ex->queues;
-		values[2] = ex->handlers;
-		return claim_statement(&claim_excluding_plan,
-							   "   AND t.queue OPERATOR(pg_catalog.<>) ALL ($2)"
-							   "   AND t.handler OPERATOR(pg_catalog.<>) ALL ($3)",
-							   3, types, false);
-	}
-	if (after != NULL)
-	{
-		values[1] = Int32GetDatum(after->priority);
-		values[2] = TimestampTzGetDatum(after->run_at);
-		values[3] = Int64GetDatum(after->id);
-		return claim_statement(&claim_cursor_plan,
-							   "   AND t.priority OPERATOR(pg_catalog.=) $2"
-							   "   AND ROW(t.run_at, t.id) OPERATOR(pg_catalog.>) ROW($3, $4)",
-							   4, cursor_types, true);
-	}
-	return claim_statement(&claim_plan, "", 1, types, true);
+	return PointerGetDatum(construct_empty_array(TEXTOID));
 }
 
 /*
- * Claim up to taskq.batch_size due tasks for this backend (see
- * choose_claim for which), marking them 'running', or 'expired' when past
- * expires_at.  The tasks go into *tasks, allocated in cxt, in the order
- * the statement returned them; returns how many.
+ * Claim up to served->batch_size due tasks of the queues *served names for
+ * this backend, skipping ex's paused queues and disabled handlers, and
+ * mark them 'running', or 'expired' when past expires_at.  The tasks go
+ * into *tasks, allocated in cxt, in the order the statement returned
+ * them; returns how many.
  */
 int
-taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
+taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 				   MemoryContext cxt, TaskqTask **tasks)
 {
-	Datum		values[4];
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	TaskColumns cols;
 	MemoryContext old;
 	uint64		i;
 	int			n;
 
-	if (claim_plans_batch != taskq_batch_size)
+	if (claim_plans_batch != served->batch_size)
 		taskq_outbox_forget_claim_plans();
-	claim_plans_batch = taskq_batch_size;
-	execute(choose_claim(ex, after, values),
-			values, NULL, false, 0, SPI_OK_UPDATE_RETURNING, "claiming tasks");
+	claim_plans_batch = served->batch_size;
+	values[0] = Int32GetDatum(MyProcPid);
+	values[1] = served->queues;
+	nulls[1] = served->queues == (Datum) 0 ? 'n' : ' ';
+	values[2] = served->others != (Datum) 0 ? served->others : empty_text_array();
+	values[3] = ex->queues;
+	values[4] = ex->handlers;
+	execute(claim_statement(served->batch_size, array_length_of(ex->handlers) > 0),
+			values, nulls, false, 0, SPI_OK_UPDATE_RETURNING, "claiming tasks");
 
 	n = (int) SPI_processed;
 	task_columns(SPI_tuptable->tupdesc, &cols);
 	old = MemoryContextSwitchTo(cxt);
-	*tasks = palloc0(sizeof(TaskqTask) * Max(taskq_batch_size, 1));
+	*tasks = palloc0(sizeof(TaskqTask) * Max(served->batch_size, 1));
 	for (i = 0; i < SPI_processed; i++)
 		decode_task(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &cols, &(*tasks)[i]);
 	MemoryContextSwitchTo(old);

@@ -572,7 +572,8 @@ taskq_database_starved(Oid dboid, uint32 *seen_gen)
  *
  * Every busy dispatcher is woken: that costs it nothing, and one whose
  * claim began before our commit then claims again instead of going to
- * sleep.  Of the idle ones,
+ * sleep.  Of the idle ones, in each executor (the commit does not say
+ * which queues it wrote to, so every executor looks),
  * only as many as the tasks need batches: waking both of two sleeping
  * dispatchers for one task costs a second, empty claim on a machine whose
  * cores the application is using.  The woken one claims after our commit,
@@ -586,6 +587,7 @@ void
 taskq_wake_dispatchers(Oid dboid, int ntasks)
 {
 	int			idle_to_wake;
+	int			woken[TASKQ_MAX_POOLS] = {0};
 	int			i;
 
 	if (!have_shared())
@@ -597,15 +599,16 @@ taskq_wake_dispatchers(Oid dboid, int ntasks)
 		TaskqSlot  *slot = &shared->slots[i];
 		int			procno = slot->procno;
 		TaskqWorkerState state = slot->state;
+		int			pool = Min(Max(slot->pool, 0), TASKQ_MAX_POOLS - 1);
 
 		if (!slot->in_use || slot->dboid != dboid || slot->pid == 0 || procno < 0 ||
 			state == TASKQ_STATE_DISABLED)
 			continue;
 		if (state == TASKQ_STATE_IDLE)
 		{
-			if (idle_to_wake <= 0)
+			if (woken[pool] >= idle_to_wake)
 				continue;
-			idle_to_wake--;
+			woken[pool]++;
 		}
 		pg_atomic_write_u32(&slot->wake_pending, 1);
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);

@@ -39,6 +39,7 @@ int			taskq_ack_timeout = 60 * 1000;
 int			taskq_retention = 24 * 60 * 60;
 bool		taskq_trace = false;
 int			taskq_interrupt_grace = 2000;
+char	   *taskq_executors = NULL;
 
 bool		taskq_preloaded = false;
 
@@ -140,6 +141,11 @@ _PG_init(void)
 							"A safety net: commits that enqueue wake dispatchers directly.",
 							&taskq_poll_interval, 1000, 10, 3600 * 1000, PGC_SIGHUP,
 							GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomStringVariable("taskq.executors",
+							   "Executors: pools of dispatchers and the queues each serves.",
+							   "'name: queues=q1,q2 workers=N batch_size=N; ...'; the executor \"default\" serves every other queue.",
+							   &taskq_executors, "", PGC_SIGHUP, 0,
+							   taskq_check_executors, taskq_assign_executors, NULL);
 	DefineCustomBoolVariable("taskq.enabled",
 							 "Whether dispatchers claim tasks.",
 							 NULL, &taskq_enabled, true, PGC_SIGHUP, 0,

@@ -24,6 +24,7 @@
  *	cron.c        schedules' text: cron and interval parsing, next fire time (pure)
  *	schedules.c   schedule(), unschedule() and the tick a dispatcher runs
  *	external.c    external workers: claim, heartbeat, wake channels, session leases
+ *	pools.c       executors: the worker pools of taskq.executors (calls no other file)
  *
  *-------------------------------------------------------------------------
  */
@@ -42,6 +43,7 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "utils/tuplestore.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 
 #define TASKQ_SCHEMA			"taskq"
@@ -105,6 +107,7 @@ extern int	taskq_ack_timeout;		/* ms */
 extern int	taskq_retention;		/* s */
 extern bool taskq_trace;
 extern int	taskq_interrupt_grace;	/* ms */
+extern char *taskq_executors;
 
 extern bool taskq_preloaded;	/* loaded through shared_preload_libraries */
 
@@ -130,6 +133,7 @@ typedef enum TaskqExitReason
 	TASKQ_EXIT_WRONG_VERSION,	/* its SQL objects are not TASKQ_VERSION */
 	TASKQ_EXIT_DATABASE_BUSY,	/* DROP/CREATE DATABASE wants it gone */
 	TASKQ_EXIT_STOPPED,			/* the launcher stopped a handler that overran */
+	TASKQ_EXIT_RETIRED,			/* its executor shrank or went: the launcher asked it to leave */
 	TASKQ_EXIT_ERROR			/* an error; back off */
 } TaskqExitReason;
 
@@ -171,7 +175,10 @@ typedef struct TaskqSlot
 {
 	bool		in_use;
 	Oid			dboid;
-	int			index;			/* which of taskq.workers in its database */
+	int			index;			/* which of its executor's workers in its database */
+	int			pool;			/* its executor's number when started (wake-ups count per executor) */
+	char		executor[TASKQ_NAME_MAXLEN + 1];	/* its executor's name */
+	bool		retire;			/* the launcher asks it to leave between batches */
 	pid_t		pid;
 	int			procno;			/* for SetLatch without looking up the pid */
 	TimestampTz started_at;
@@ -355,13 +362,16 @@ typedef struct TaskqExclusions
 	Datum		limited;		/* not paused, in name order */
 } TaskqExclusions;
 
-/* Where a claim goes on from: after this task, within its priority. */
-typedef struct TaskqClaimAfter
+/*
+ * Which queues a claim serves (text[] datums): an executor's named queues,
+ * or, with queues = 0, every queue except others (the default executor).
+ */
+typedef struct TaskqServed
 {
-	int			priority;
-	TimestampTz run_at;
-	int64		id;
-} TaskqClaimAfter;
+	Datum		queues;			/* 0: every queue not in others */
+	Datum		others;			/* 0: none */
+	int			batch_size;		/* tasks a claim takes at most */
+} TaskqServed;
 
 /* A task that reaping charged or requeued. */
 typedef struct TaskqReaped
@@ -381,7 +391,7 @@ typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool faile
 extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
 extern char *taskq_outbox_claim_sql(const char *filter, const char *limit,
 									const char *status, const char *set_more);
-extern int	taskq_outbox_claim(const TaskqExclusions *ex, const TaskqClaimAfter *after,
+extern int	taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 							   MemoryContext cxt, TaskqTask **tasks);
 extern char **taskq_outbox_limited_queues(const TaskqExclusions *ex);
 extern int	taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip,
@@ -541,6 +551,44 @@ extern uint64 taskq_schedules_drop_handler(const char *handler);
  */
 extern void taskq_external_wake_workers(void);
 extern void taskq_external_release_sessions(TaskqLeaseFn each);
+
+/* ----------------------------------------------------------------
+ * Executors: the worker pools of taskq.executors (pools.c).  Executor 0
+ * is "default", serving every queue that no other one names.
+ * ----------------------------------------------------------------
+ */
+#define TASKQ_MAX_POOLS			33	/* "default" and 32 named ones */
+#define TASKQ_MAX_POOL_QUEUES	256	/* queues named in taskq.executors */
+#define TASKQ_MAX_POOL_WORKERS	64	/* as taskq.workers */
+
+typedef struct TaskqPool
+{
+	char		name[TASKQ_NAME_MAXLEN + 1];
+	int			workers;
+	int			batch_size;		/* 0: taskq.batch_size */
+	int			first_queue;	/* in TaskqPools.queues */
+	int			nqueues;
+} TaskqPool;
+
+/* A parsed taskq.executors, one flat block (a GUC "extra"). */
+typedef struct TaskqPools
+{
+	int			npools;
+	TaskqPool	pools[TASKQ_MAX_POOLS];
+	int			nqueues;
+	char		queues[TASKQ_MAX_POOL_QUEUES][TASKQ_NAME_MAXLEN + 1];
+} TaskqPools;
+
+extern bool taskq_check_executors(char **newval, void **extra, GucSource source);
+extern void taskq_assign_executors(const char *newval, void *extra);
+extern int	taskq_pool_count(void);
+extern const char *taskq_pool_name(int i);
+extern int	taskq_pool_workers(int i);
+extern int	taskq_pool_batch_size(int i);
+extern int	taskq_pool_total_workers(void);
+extern int	taskq_pool_find(const char *name);
+extern const char *taskq_queue_executor(const char *queue);
+extern void taskq_pool_served(int i, TaskqServed *served);
 
 /* ----------------------------------------------------------------
  * Workers

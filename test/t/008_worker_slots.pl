@@ -83,7 +83,7 @@ $node->wait_for_log(
 	$offset);
 pass('the dispatchers that could not start are logged');
 ok($node->log_contains(
-		qr/HINT:  Set max_worker_processes to at least 5 \(taskq: 1 launcher \+ taskq.workers per database\) \+ max_parallel_workers \(8\)/,
+		qr/HINT:  Set max_worker_processes to at least 5 \(taskq: 1 launcher \+ every executor's workers per database\) \+ max_parallel_workers \(8\)/,
 		$offset),
 	'the log line says how to size max_worker_processes');
 ok($node->log_contains(qr/taskq needs 5 of max_worker_processes = 3 background worker slots/, $offset),

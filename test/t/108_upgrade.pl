@@ -196,6 +196,10 @@ like(
 	sql(q{SELECT pg_get_indexdef('taskq.tasks_dedupe_idx'::regclass)}),
 	qr/^CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq\.tasks USING btree \(handler, dedupe_key, owner\) WHERE/,
 	'deduplication is per enqueuing role: tasks_dedupe_idx is on (handler, dedupe_key, owner)');
+is( sql(q{SELECT pg_get_indexdef('taskq.tasks_queue_idx'::regclass)}),
+	q{CREATE INDEX tasks_queue_idx ON taskq.tasks USING btree (queue, priority DESC, run_at, id) WHERE (status = 'queued'::taskq.status)},
+	'claims read one queue at a time: tasks_queue_idx is on (queue, priority DESC, run_at, id) of queued tasks');
+is(sql(q{SELECT to_regclass('taskq.tasks_due_idx') IS NULL}), 't', 'and 0.1\'s tasks_due_idx is gone');
 my $alices = sql(q{SELECT id FROM taskq.tasks WHERE dedupe_key = 'k200'});
 my $bobs = sql(q{SET ROLE bob; SELECT taskq.enqueue('book', '{"n": 201}', queue => 'held', dedupe_key => 'k200')});
 isnt($bobs, $alices, 'bob\'s enqueue of the key alice took under 0.1 writes his own task');
@@ -205,6 +209,8 @@ is(sql(q{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 202}', queue => 'he
 ok( $node->poll_query_until(
 		'postgres', q{SELECT count(*) = 2 FROM taskq.workers WHERE type = 'dispatcher'}),
 	'the dispatchers start once the update commits');
+is(sql(q{SELECT string_agg(DISTINCT coalesce(executor, '-'), ',') FROM taskq.workers WHERE type = 'dispatcher'}),
+	'default', 'the updated taskq.workers names each dispatcher\'s executor');
 
 # the 0.1 orphan (its dispatcher stopped with the old server) runs again
 sql('UPDATE ctl SET hold = false');
