@@ -156,7 +156,7 @@ while (time() < $poll_until)
 {
 	$since_start = substr(slurp_file($node->logfile), $log_offset);
 	$starts = () = $since_start =~
-	  /starting background worker process "taskq dispatcher 0 for database $postgres_oid"/g;
+	  /starting background worker process "taskq dispatcher default\/0 for database $postgres_oid"/g;
 	last if $starts >= 3;
 	select(undef, undef, undef, 0.2);
 }
