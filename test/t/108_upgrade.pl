@@ -307,7 +307,10 @@ is(sql(q{SET ROLE alice; SELECT taskq.unschedule('upgraded_tick')}), 't', 'and c
 # tasks left to external workers, claimed with a lease and acked
 sql(q{SELECT taskq.register_handler('ext_up', NULL, kind => 'external', queue => 'ext_up')});
 my $ext = sql(q{SELECT taskq.enqueue('ext_up', '{"n": 900}')});
-sql(q{SELECT pg_sleep(0.3)}); # dispatchers had their chance (poll_interval)
+# dispatchers had their chance: a function task of the same queue,
+# enqueued after it, has been claimed and completed
+my $after_ext = sql(q{SET ROLE alice; SELECT taskq.enqueue('book', '{"n": 920}', queue => 'ext_up')});
+ok(wait_task_status($node, $after_ext, 'completed'), 'a later task of the external queue was dispatched');
 is(sql(qq{SELECT status FROM taskq.tasks WHERE id = $ext}), 'queued', 'dispatchers leave an external task to workers');
 is(sql(q{SELECT id || ' ' || attempt || ' ' || (lease_until > now()) FROM taskq.claim('ext_up', 10, '1 minute')}),
 	"$ext 1 true", 'an external task is claimed after the update');
