@@ -1,5 +1,7 @@
-# Dependencies end to end (DESIGN §11), with two dispatchers
-# (taskq.workers = 2; the executors branch is not merged here).
+# Dependencies end to end (DESIGN §11), under two executors: the default
+# one (two dispatchers) runs the root and the collector, executor "fan"
+# (two dispatchers) runs the 1,000 children in queue "fanout", so every
+# release crosses from one executor's dispatchers to the other's.
 #
 # Fan-out/fan-in: one root task, 1,000 tasks after it, and one collector
 # after all 1,000, which reads what they produced through taskq.results().
@@ -24,6 +26,7 @@ my $nkids = 1000;
 
 my $node = taskq_node('deps', <<'EOC');
 taskq.workers = 2
+taskq.executors = 'fan: queues=fanout workers=2'
 taskq.batch_size = 16
 taskq.poll_interval = '10min'   # released tasks must be woken, not polled for
 restart_after_crash = on
@@ -85,8 +88,10 @@ EOS
 
 ok( $node->poll_query_until(
 		'postgres',
-		q{SELECT count(*) = 2 FROM taskq.workers WHERE type = 'dispatcher'}),
-	'two dispatchers run');
+		q{SELECT count(*) FILTER (WHERE executor = 'default') = 2
+                 AND count(*) FILTER (WHERE executor = 'fan') = 2
+          FROM taskq.workers WHERE type = 'dispatcher'}),
+	'two dispatchers run in each of the two executors');
 
 # ---------------------------------------------------------------------
 # Fan-out / fan-in with a kill -9 in the middle
@@ -111,7 +116,7 @@ my $ids = sql(qq{
     CREATE TEMP TABLE kids AS
         SELECT id FROM taskq.enqueue_many('square',
             ARRAY(SELECT jsonb_build_object('n', g) FROM generate_series(0, $nkids - 1) g),
-            after => ARRAY(SELECT root FROM ids)) AS id;
+            queue => 'fanout', after => ARRAY(SELECT root FROM ids)) AS id;
     SELECT root, (SELECT taskq.enqueue('collect',
                       jsonb_build_object('parents', (SELECT jsonb_agg(id ORDER BY id) FROM kids)),
                       after => (SELECT array_agg(id) FROM kids)))
@@ -131,6 +136,8 @@ ok( $node->poll_query_until(
 	'a dispatcher waits inside the stalling child');
 my $victim = sql(q{SELECT w.pid FROM taskq.workers w JOIN taskq.tasks t ON t.id = w.current_task
                    WHERE t.payload->>'n' = '0'});
+is(sql("SELECT executor FROM taskq.workers WHERE pid = $victim"), 'fan',
+	'the stalling child runs in executor "fan"');
 is(sql("SELECT status FROM taskq.tasks WHERE id = $collector"), 'waiting',
 	'the collector still waits');
 my $log_offset = -s $node->logfile;
