@@ -195,49 +195,8 @@ CREATE INDEX tasks_running_idx ON taskq.tasks (queue, group_key)
 CREATE INDEX tasks_group_idx ON taskq.tasks (queue, group_key, priority DESC, run_at, id)
     WHERE status OPERATOR(pg_catalog.=) 'queued' AND group_key IS NOT NULL;
 
--- enqueue() and enqueue_many() gain group_key, after metadata.
-DROP FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb);
-DROP FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb);
-
-CREATE FUNCTION taskq.enqueue(
-    handler      text,
-    payload      jsonb       DEFAULT '{}',
-    priority     int         DEFAULT NULL,
-    run_after    interval    DEFAULT NULL,
-    run_at       timestamptz DEFAULT NULL,
-    queue        text        DEFAULT NULL,
-    max_attempts int         DEFAULT NULL,
-    timeout      interval    DEFAULT NULL,
-    dedupe_key   text        DEFAULT NULL,
-    expires_at   timestamptz DEFAULT NULL,
-    mode         text        DEFAULT NULL,
-    metadata     jsonb       DEFAULT NULL,
-    group_key    text        DEFAULT NULL)
-RETURNS bigint
-AS 'MODULE_PATHNAME', 'taskq_enqueue'
-LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text)
-    IS 'record a task in the current transaction; it is dispatched after commit. Returns the task id, or NULL when a policy dropped it';
-
-CREATE FUNCTION taskq.enqueue_many(
-    handler      text,
-    payloads     jsonb[],
-    priority     int         DEFAULT NULL,
-    run_after    interval    DEFAULT NULL,
-    run_at       timestamptz DEFAULT NULL,
-    queue        text        DEFAULT NULL,
-    max_attempts int         DEFAULT NULL,
-    timeout      interval    DEFAULT NULL,
-    dedupe_key   text        DEFAULT NULL,
-    expires_at   timestamptz DEFAULT NULL,
-    mode         text        DEFAULT NULL,
-    metadata     jsonb       DEFAULT NULL,
-    group_key    text        DEFAULT NULL)
-RETURNS SETOF bigint
-AS 'MODULE_PATHNAME', 'taskq_enqueue_many'
-LANGUAGE C VOLATILE ROWS 100;
-COMMENT ON FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text)
-    IS 'enqueue one task per payload with the same options; returns their ids in payload order';
+-- enqueue() and enqueue_many() gain group_key, after metadata: both are
+-- defined once, with after, in the dependencies section below.
 
 CREATE FUNCTION taskq.set_queue(
     name              text,
@@ -668,9 +627,10 @@ CREATE TRIGGER tasks_deps_trigger
                    AND NEW.status OPERATOR(pg_catalog.<>) 'queued'::taskq.status)))
     EXECUTE FUNCTION taskq._deps_status_changed();
 
--- enqueue() and enqueue_many() gain after, their last argument.
-DROP FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text);
-DROP FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb, text);
+-- enqueue() and enqueue_many() gain group_key (queue limits, above) and
+-- after, their last argument.
+DROP FUNCTION taskq.enqueue(text, jsonb, int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb);
+DROP FUNCTION taskq.enqueue_many(text, jsonb[], int, interval, timestamptz, text, int, interval, text, timestamptz, text, jsonb);
 
 CREATE FUNCTION taskq.enqueue(
     handler      text,
