@@ -225,6 +225,7 @@ SELECT taskq.schedule('sch_x', '* * * * *', 'sch_fn', queue => '');
 SELECT taskq.schedule('sch_x', '* * * * *', 'sch_fn', max_attempts => 0);
 SELECT taskq.schedule('sch_x', '* * * * *', 'sch_fn', timeout => '0 s');
 SELECT taskq.schedule('sch_x', '* * * * *', 'sch_fn', group_key => '');
+SELECT taskq.schedule('sch_x', '* * * * *', 'sch_fn', group_key => E'tenant\t1');
 SELECT taskq.schedule('sch_x', '* * * * *', 'sch_fn', metadata => '[1]');
 -- an unknown handler
 SELECT taskq.schedule('sch_x', '* * * * *', 'sch_nobody');

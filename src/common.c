@@ -267,6 +267,49 @@ taskq_check_max_attempts(int max_attempts)
 	return max_attempts;
 }
 
+/*
+ * group_key, as enqueue() and schedule() take it: 1 to TASKQ_MAX_GROUP_KEY
+ * bytes of printable text.  It names a tenant in explain()'s sentences
+ * and in logs, where a control character would forge or garble lines.
+ */
+void
+taskq_check_group_key(const char *key)
+{
+	size_t		len = strlen(key);
+	size_t		i;
+
+	if (len == 0 || len > TASKQ_MAX_GROUP_KEY)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("group_key must be 1 to %d bytes long; this one is %zu",
+						TASKQ_MAX_GROUP_KEY, len),
+				 errhint("Use a tenant, account or user id, such as 'tenant-42', or NULL.")));
+	for (i = 0; i < len; i++)
+	{
+		if ((unsigned char) key[i] < 0x20 || key[i] == 0x7f)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("group_key \"%s\" contains a control character at byte %zu",
+							key, i + 1),
+					 errhint("Use printable characters only, such as 'tenant-42'.")));
+	}
+}
+
+/*
+ * Refuse a NULL for argument n of a non-strict SQL function, naming the
+ * argument and how to fill it in (a strict function would return NULL
+ * and do nothing, which hides the mistake).
+ */
+void
+taskq_require_arg(FunctionCallInfo fcinfo, int n, const char *what, const char *hint)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", what),
+				 errhint("%s", hint)));
+}
+
 /* A task's timeout is kept in an int of milliseconds by the workers. */
 int64
 taskq_check_timeout_ms(int64 timeout_ms)

@@ -39,7 +39,6 @@ PG_FUNCTION_INFO_V1(taskq_enqueue_many);
 
 #define TASKQ_MAX_PAYLOAD		(64 * 1024 * 1024)
 #define TASKQ_MAX_DEDUPE_KEY	512
-#define TASKQ_MAX_GROUP_KEY		255
 
 /* The options of one enqueue call, as given (null flags) and resolved. */
 typedef struct EnqueueOptions
@@ -234,38 +233,16 @@ check_metadata(FunctionCallInfo fcinfo, EnqueueOptions *o)
 }
 
 /*
- * group_key: 1 to TASKQ_MAX_GROUP_KEY bytes of printable text.  It names
- * the tenant in explain() and the server log, and the empty string is
- * kept free for nothing (a key is either given or NULL).
+ * group_key, checked as schedule() checks it (common.c).  The empty
+ * string is kept free for nothing: a key is either given or NULL.
  */
 static void
 check_group_key(FunctionCallInfo fcinfo, EnqueueOptions *o)
 {
-	const char *key;
-	size_t		len;
-	size_t		i;
-
 	/* a 0.1 database calls us with 12 arguments, until its update */
 	o->group_key = PG_NARGS() <= 12 || PG_ARGISNULL(12) ? NULL : PG_GETARG_TEXT_PP(12);
-	if (o->group_key == NULL)
-		return;
-	key = text_to_cstring(o->group_key);
-	len = strlen(key);
-	if (len == 0 || len > TASKQ_MAX_GROUP_KEY)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("group_key must be 1 to %d bytes long; this one is %zu",
-						TASKQ_MAX_GROUP_KEY, len),
-				 errhint("Use a tenant, account or user id, such as 'tenant-42', or NULL.")));
-	for (i = 0; i < len; i++)
-	{
-		if ((unsigned char) key[i] < 0x20 || key[i] == 0x7f)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("group_key \"%s\" contains a control character at byte %zu",
-							key, i + 1),
-					 errhint("Use printable characters only, such as 'tenant-42'.")));
-	}
+	if (o->group_key != NULL)
+		taskq_check_group_key(text_to_cstring(o->group_key));
 }
 
 static bool handler_blocked(const char *name);

@@ -332,16 +332,6 @@ require_handler_privilege(const char *name, Oid caller, Oid owner, const char *a
 						   GetUserNameFromId(owner, true) ? GetUserNameFromId(owner, true) : "?")));
 }
 
-static void
-require_not_null(FunctionCallInfo fcinfo, int n, const char *what, const char *hint)
-{
-	if (PG_ARGISNULL(n))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", what),
-				 errhint("%s", hint)));
-}
-
 /*
  * Check register_handler()'s options other than name, target and kind,
  * before anything is written.  The range checks are enqueue()'s own.
@@ -432,14 +422,14 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	Oid			owner;
 	TaskqAsOwner save;
 
-	require_not_null(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
-	require_not_null(fcinfo, 2, "kind", taskq_kind_hint());
-	require_not_null(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
-	require_not_null(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");
+	taskq_require_arg(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
+	taskq_require_arg(fcinfo, 2, "kind", taskq_kind_hint());
+	taskq_require_arg(fcinfo, 7, "ack", "Use true (wait for ack()) or false (complete on send).");
+	taskq_require_arg(fcinfo, 8, "enabled", "Use true, or false to keep its tasks queued.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	ops = taskq_kind_ops(taskq_parse_kind(text_to_cstring(PG_GETARG_TEXT_PP(2))));
 	if (strcmp(ops->name, "external") != 0)	/* the one kind without a target */
-		require_not_null(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, a description for log, or a message prefix for logical.");
+		taskq_require_arg(fcinfo, 1, "target", "Pass 'schema.fn(jsonb)' for a function, a channel for notify, a description for log, or a message prefix for logical.");
 	taskq_check_name("handler", name);
 	target = ops->check_target(PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	check_registration_options(fcinfo, ops);
@@ -531,7 +521,7 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 	uint64		ended = 0;
 	uint64		dropped = 0;
 
-	require_not_null(fcinfo, 0, "name", "Pass the name of a registered handler.");
+	taskq_require_arg(fcinfo, 0, "name", "Pass the name of a registered handler.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
 	SPI_connect();

@@ -39,7 +39,6 @@ PG_FUNCTION_INFO_V1(taskq_tick_sql);
 #define CATCH_UP_MAX		100 /* missed ticks one schedule enqueues per transaction */
 #define LOCKED_RETRY_MS		100 /* a due schedule locked by someone: look again then */
 #define TICK_GAP_MS			100 /* the firer looks at most this often when nothing is due */
-#define GROUP_KEY_MAXLEN	256
 
 static SPIPlanPtr upsert_plan = NULL;
 static SPIPlanPtr owner_plan = NULL;
@@ -74,16 +73,6 @@ typedef struct DueSchedule
  * ----------------------------------------------------------------
  */
 
-static void
-require_arg(FunctionCallInfo fcinfo, int n, const char *what, const char *hint)
-{
-	if (PG_ARGISNULL(n))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be NULL", what),
-				 errhint("%s", hint)));
-}
-
 /*
  * schedule()'s enqueue options, checked as enqueue() checks them, so that
  * a schedule never holds a value its ticks would be refused for.
@@ -100,16 +89,7 @@ check_enqueue_options(FunctionCallInfo fcinfo)
 	if (!PG_ARGISNULL(9))
 		taskq_check_timeout_ms(taskq_interval_ms("timeout", PG_GETARG_INTERVAL_P(9), false));
 	if (!PG_ARGISNULL(10))
-	{
-		size_t		len = VARSIZE_ANY_EXHDR(PG_GETARG_TEXT_PP(10));
-
-		if (len == 0 || len > GROUP_KEY_MAXLEN)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("group_key must be 1 to %d bytes long; this one is %zu",
-							GROUP_KEY_MAXLEN, len),
-					 errhint("Use the tenant's or account's key, such as 'tenant-42'.")));
-	}
+		taskq_check_group_key(text_to_cstring(PG_GETARG_TEXT_PP(10)));
 	if (!PG_ARGISNULL(11) && !JB_ROOT_IS_OBJECT(PG_GETARG_JSONB_P(11)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -250,13 +230,13 @@ taskq_schedule(PG_FUNCTION_ARGS)
 	TaskqAsOwner save;
 	TimestampTz next_run_at;
 
-	require_arg(fcinfo, 0, "name", "Pass the schedule's name, which unschedule() will use.");
-	require_arg(fcinfo, 1, "cron", "Pass a cron expression such as '*/5 * * * *', a macro such as '@hourly', or an interval such as '30 seconds'.");
-	require_arg(fcinfo, 2, "handler", "Pass the name of a registered handler.");
-	require_arg(fcinfo, 3, "payload", "Pass '{}' for tasks without a payload.");
-	require_arg(fcinfo, 4, "timezone", "Pass an IANA time zone name such as 'Europe/Paris', or 'UTC'.");
-	require_arg(fcinfo, 5, "catch_up", "Use false (after downtime, one task for the latest missed tick) or true (every missed tick).");
-	require_arg(fcinfo, 12, "enabled", "Use true, or false to keep the schedule without firing it.");
+	taskq_require_arg(fcinfo, 0, "name", "Pass the schedule's name, which unschedule() will use.");
+	taskq_require_arg(fcinfo, 1, "cron", "Pass a cron expression such as '*/5 * * * *', a macro such as '@hourly', or an interval such as '30 seconds'.");
+	taskq_require_arg(fcinfo, 2, "handler", "Pass the name of a registered handler.");
+	taskq_require_arg(fcinfo, 3, "payload", "Pass '{}' for tasks without a payload.");
+	taskq_require_arg(fcinfo, 4, "timezone", "Pass an IANA time zone name such as 'Europe/Paris', or 'UTC'.");
+	taskq_require_arg(fcinfo, 5, "catch_up", "Use false (after downtime, one task for the latest missed tick) or true (every missed tick).");
+	taskq_require_arg(fcinfo, 12, "enabled", "Use true, or false to keep the schedule without firing it.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	handler = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	taskq_check_name("schedule", name);
@@ -294,7 +274,7 @@ taskq_unschedule(PG_FUNCTION_ARGS)
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
 
-	require_arg(fcinfo, 0, "name", "Pass the name of a schedule; see taskq.schedules.");
+	taskq_require_arg(fcinfo, 0, "name", "Pass the name of a schedule; see taskq.schedules.");
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	values[0] = CStringGetTextDatum(name);
 

@@ -52,6 +52,7 @@
 #define TASKQ_PRIORITY_MIN		(-100)
 #define TASKQ_PRIORITY_MAX		100
 #define TASKQ_MAX_ATTEMPTS		1000
+#define TASKQ_MAX_GROUP_KEY		255	/* bytes of a group_key */
 #define TASKQ_MAX_BATCH			64	/* keeps handler subtransactions under the subxid cache */
 #define TASKQ_NOTIFY_MAXLEN		7999	/* NOTIFY's payload limit (NAMEDATALEN-independent) */
 #define TASKQ_ERROR_MAXLEN		1024	/* stored last_error is cut here */
@@ -265,6 +266,8 @@ extern void taskq_check_name(const char *what, const char *value);
 extern int64 taskq_interval_ms(const char *what, Interval *iv, bool allow_zero);
 extern int	taskq_check_priority(int priority);
 extern int	taskq_check_max_attempts(int max_attempts);
+extern void taskq_check_group_key(const char *key);
+extern void taskq_require_arg(FunctionCallInfo fcinfo, int n, const char *what, const char *hint);
 extern int64 taskq_check_timeout_ms(int64 timeout_ms);
 extern const char *taskq_mode_name(int mode);
 extern char *taskq_extension_version(void);
