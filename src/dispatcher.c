@@ -1027,7 +1027,7 @@ work(void)
 		TimestampTz now = GetCurrentTimestamp();
 
 		/* recurring tasks (schedules.c): one dispatcher fires them */
-		tick = taskq_schedules_tick(my_slot->index);
+		tick = taskq_schedules_tick(my_slot->index, my_slot->executor);
 
 		if (now >= next_lease_expiry ||
 			TimestampDifferenceExceeds(last_maintenance, now,

@@ -21,6 +21,7 @@
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -53,6 +54,7 @@ static SPIPlanPtr drop_plan = NULL;
 
 /* The firer's last look: when, and the earliest next_run_at it found. */
 static TimestampTz last_look = 0;
+static bool said_firer = false;	/* the firer logs that it is, once */
 static TimestampTz next_known = 0;
 
 /* A due schedule as the tick reads it. */
@@ -340,13 +342,23 @@ taskq_schedules_drop_handler(const char *handler)
  */
 
 /*
- * Which dispatcher fires schedules: exactly one per database, the one in
- * slot index 0.  (With executors, the first dispatcher of 'default'.)
+ * Which dispatcher fires schedules: exactly one per database, the first
+ * dispatcher (index 0) of the first executor that has any: "default"
+ * unless taskq.workers = 0, then the first executor taskq.executors
+ * names.  Every executor numbers its dispatchers from 0, so the index
+ * alone would make one firer per executor.
  */
 bool
-taskq_schedules_firer(int slot_index)
+taskq_schedules_firer(int slot_index, const char *executor)
 {
-	return slot_index == 0;
+	int			i;
+
+	if (slot_index != 0)
+		return false;
+	for (i = 0; i < taskq_pool_count(); i++)
+		if (taskq_pool_workers(i) > 0)
+			return strcmp(taskq_pool_name(i), executor) == 0;
+	return false;
 }
 
 /* The ISO 8601 form of a tick in UTC, for the task's metadata. */
@@ -652,14 +664,14 @@ fire_due(TimestampTz now, bool *behind)
  * schedule() that commits (and wakes us) takes effect within that.
  */
 TimestampTz
-taskq_schedules_tick(int slot_index)
+taskq_schedules_tick(int slot_index, const char *executor)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next;
 	bool		behind;
 	int			n;
 
-	if (!taskq_schedules_firer(slot_index))
+	if (!taskq_schedules_firer(slot_index, executor))
 		return DT_NOEND;
 	if (now < next_known &&
 		!TimestampDifferenceExceeds(last_look, now, TICK_GAP_MS))
@@ -671,6 +683,13 @@ taskq_schedules_tick(int slot_index)
 	{
 		CommitTransactionCommand();
 		return DT_NOEND;		/* the dispatcher's claim notices and exits */
+	}
+	if (!said_firer)
+	{
+		ereport(LOG,
+				(errmsg("taskq dispatcher %d of executor \"%s\" fires the schedules of database \"%s\"",
+						slot_index, executor, get_database_name(MyDatabaseId))));
+		said_firer = true;
 	}
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());

@@ -543,8 +543,8 @@ extern void taskq_cron_parse(const char *text, TaskqCron *cron);
 extern pg_tz *taskq_cron_zone(const char *name);
 extern TimestampTz taskq_cron_next(const TaskqCron *cron, const pg_tz *tz, TimestampTz after);
 
-extern bool taskq_schedules_firer(int slot_index);
-extern TimestampTz taskq_schedules_tick(int slot_index);
+extern bool taskq_schedules_firer(int slot_index, const char *executor);
+extern TimestampTz taskq_schedules_tick(int slot_index, const char *executor);
 extern uint64 taskq_schedules_drop_handler(const char *handler);
 
 /* ----------------------------------------------------------------

@@ -17,6 +17,7 @@ use Time::HiRes qw(time sleep);
 
 my $node = taskq_node('schedules', <<'EOC');
 taskq.workers = 2
+taskq.executors = 'side: queues=side workers=2'
 taskq.batch_size = 1
 taskq.poll_interval = '1h'
 timezone = 'America/New_York'
@@ -50,8 +51,8 @@ EOS
 
 ok( $node->poll_query_until(
 		'postgres',
-		q{SELECT count(*) = 2 FROM taskq.workers WHERE type = 'dispatcher'}),
-	'two dispatchers run');
+		q{SELECT count(*) = 4 FROM taskq.workers WHERE type = 'dispatcher'}),
+	'four dispatchers run: two of executor default, two of executor side');
 
 # ---------------------------------------------------------------------
 # A '1 second' schedule watched for 10 seconds.
@@ -98,6 +99,11 @@ is( sql(
           FROM taskq.schedules WHERE name = 'every_second'}),
 	't',
 	'the schedule records its last tick and task');
+
+# every executor numbers its dispatchers from 0: still one firer
+my @firers = (slurp_file($node->logfile) =~ /taskq dispatcher (\d+ of executor "\w+") fires the schedules/g);
+is(join(',', @firers), '0 of executor "default"',
+	'one dispatcher fires the schedules: the first of executor default');
 
 # unschedule: no tick after its commit
 sql(q{SELECT taskq.unschedule('every_second')});
