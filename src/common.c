@@ -150,6 +150,10 @@ taskq_restore_search_path(int nest)
 static SPIPlanPtr prepare_with_options(SPIPlanPtr *cache, const char *sql, int nargs,
 										Oid *argtypes, int options);
 
+/*
+ * A statement's plan, prepared once per backend and kept in *cache: our
+ * statements run on every enqueue and batch, so they are planned once.
+ */
 SPIPlanPtr
 taskq_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 {
@@ -173,6 +177,7 @@ taskq_prepare_generic(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtyp
 	return prepare_with_options(cache, sql, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 }
 
+/* The one place that prepares and keeps a plan, for the three above. */
 static SPIPlanPtr
 prepare_with_options(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes, int options)
 {
@@ -256,6 +261,7 @@ taskq_check_priority(int priority)
 	return priority;
 }
 
+/* max_attempts: 1 to TASKQ_MAX_ATTEMPTS, for enqueue, handlers and schedules. */
 int
 taskq_check_max_attempts(int max_attempts)
 {
@@ -322,6 +328,7 @@ taskq_check_timeout_ms(int64 timeout_ms)
 	return timeout_ms;
 }
 
+/* A mode's name as the SQL API spells it, for messages and traces. */
 const char *
 taskq_mode_name(int mode)
 {

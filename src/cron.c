@@ -221,6 +221,7 @@ parse_field(CronParser *ps, int field, bool *star)
 	}
 }
 
+/* Fields are separated by spaces or tabs, as crontab(5) allows. */
 static void
 skip_blanks(CronParser *ps)
 {

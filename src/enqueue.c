@@ -70,6 +70,7 @@ static uint32 starved_seen = 0;	/* the launcher's starved list we looked at */
  * ----------------------------------------------------------------
  */
 
+/* A text argument as a C string, or NULL: most options may be NULL. */
 static char *
 text_arg(FunctionCallInfo fcinfo, int n)
 {
@@ -151,6 +152,10 @@ resolve_queue_and_limits(FunctionCallInfo fcinfo, EnqueueOptions *o)
 	taskq_check_timeout_ms(o->timeout_ms);
 }
 
+/*
+ * dedupe_key: 1 to TASKQ_MAX_DEDUPE_KEY bytes; it goes into a unique
+ * index, whose entries have a size limit of their own.
+ */
 static void
 check_dedupe_key(FunctionCallInfo fcinfo, EnqueueOptions *o)
 {
@@ -221,6 +226,7 @@ resolve_mode(FunctionCallInfo fcinfo, EnqueueOptions *o)
 		o->mode = TASKQ_MODE_ASYNC;
 }
 
+/* metadata must be an object: taskq adds keys to it (schedule, scheduled_for). */
 static void
 check_metadata(FunctionCallInfo fcinfo, EnqueueOptions *o)
 {
@@ -384,6 +390,7 @@ warn_if_no_dispatcher_started(void)
 			 errhint("Raise max_worker_processes (the server log says how far) and restart; the dispatchers start as soon as slots free up.")));
 }
 
+/* With taskq.trace on, one log line per enqueue, for debugging a flow. */
 static void
 trace_enqueue(const EnqueueOptions *o, const char *outcome, int64 id)
 {
@@ -571,6 +578,10 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 	return id;
 }
 
+/*
+ * The handler name argument, refused when NULL: enqueue() is not strict,
+ * so that its other NULL arguments mean "the default".
+ */
 static char *
 handler_arg(FunctionCallInfo fcinfo)
 {

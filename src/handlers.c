@@ -321,6 +321,10 @@ check_handler_owner(const char *name)
 	return owner;
 }
 
+/*
+ * Only the role that registered a handler (or one that has its
+ * privileges) may change or drop it: another role could redirect its tasks.
+ */
 static void
 require_handler_privilege(const char *name, Oid caller, Oid owner, const char *action)
 {

@@ -111,6 +111,7 @@ static int	sized_workers = -1;
 static List *db_names = NIL;
 static List *db_oids = NIL;
 
+/* Register the launcher at _PG_init; the postmaster restarts it if it dies. */
 void
 taskq_register_launcher(void)
 {
@@ -127,6 +128,7 @@ taskq_register_launcher(void)
 	RegisterBackgroundWorker(&w);
 }
 
+/* On exit, say in shared memory that no launcher runs (taskq.workers shows it). */
 static void
 launcher_exit(int code, Datum arg)
 {
@@ -178,6 +180,7 @@ forget_version_problems(Oid dboid)
 	}
 }
 
+/* A problem that went away may be logged again if it comes back. */
 static void
 forget_problem(const char *key)
 {
@@ -193,6 +196,10 @@ forget_problem(const char *key)
 	}
 }
 
+/*
+ * The entry for one (database, executor, index) dispatcher in the wanted
+ * list, added if new: the list is what the launcher starts and keeps.
+ */
 static Wanted *
 find_wanted(Oid dboid, int pool, int index)
 {
@@ -345,6 +352,7 @@ take_slot(const Wanted *w)
 	return found;
 }
 
+/* Give a worker slot back, once its dispatcher is gone or never started. */
 static void
 free_slot(int slot)
 {
@@ -598,6 +606,10 @@ end_old_dispatchers(void)
 	LWLockRelease(taskq_lock());
 }
 
+/*
+ * Slots whose dispatcher is neither wanted nor running (its start failed,
+ * or it exited): free them, so they do not leak with every retry.
+ */
 static void
 free_untracked_slots(void)
 {
@@ -779,6 +791,10 @@ reconcile(void)
 	return next;
 }
 
+/*
+ * The launcher: start, retire and restart the dispatchers that
+ * taskq.databases and taskq.executors ask for, until shutdown.
+ */
 void
 taskq_launcher_main(Datum arg)
 {

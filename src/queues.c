@@ -54,6 +54,7 @@ static const struct
 	{"h", 3600 * 1000},
 };
 
+/* Refuse a rate limit's text, saying what is wrong with it and how to write one. */
 static void
 bad_rate(const char *what, const char *value, const char *problem)
 {

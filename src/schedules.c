@@ -146,6 +146,10 @@ schedule_owner(const char *name)
 	return DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/*
+ * Only the schedule's owner (or a role with its privileges) may change or
+ * drop it: its ticks run as the owner.
+ */
 static void
 require_schedule_privilege(const char *name, Oid caller, Oid owner, const char *action)
 {
@@ -501,6 +505,10 @@ ticks_to_fire(const DueSchedule *r, TimestampTz now, TimestampTz *ticks, Timesta
 	"   pg_catalog.jsonb_build_object('schedule', $9, 'scheduled_for', $10)," \
 	" group_key => $8)"
 
+/*
+ * Enqueue the ticks of one schedule, as its owner, and advance it, in the
+ * caller's subtransaction: the tasks and the new next_run_at commit together.
+ */
 static void
 fire(DueSchedule *r, const TimestampTz *ticks, int n, TimestampTz next)
 {

@@ -102,12 +102,14 @@ check_name_list(char **newval, const char *what)
 	return ok;
 }
 
+/* taskq.databases: a comma list of names, checked before it is taken. */
 static bool
 check_databases(char **newval, void **extra, GucSource source)
 {
 	return check_name_list(newval, "database");
 }
 
+/* taskq.block_handlers: a comma list of handler names. */
 static bool
 check_handler_list(char **newval, void **extra, GucSource source)
 {
