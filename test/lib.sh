@@ -39,6 +39,31 @@ taskq_ensure_deps() {
 		apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
 }
 
+# The Node.js worker library (clients/node) needs node and npm, and its
+# dependencies pinned by clients/node/package-lock.json.  Debian's nodejs
+# and npm are installed when either command is missing (another Node.js
+# on the PATH is used as it is); the dependencies go into
+# clients/node/node_modules with `npm ci`, again only when that lockfile
+# changed since, with a throwaway npm cache.  Never reads stdin.
+taskq_ensure_node() {
+	local dir=$TASKQ_TOP/clients/node cache
+	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+		echo "==> installing nodejs npm"
+		taskq_as_root apt-get update -qq </dev/null
+		taskq_as_root env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends nodejs npm </dev/null
+	fi
+	if [[ -f $dir/node_modules/.package-lock.json && $dir/node_modules/.package-lock.json -nt $dir/package-lock.json ]]; then
+		return 0
+	fi
+	echo "==> npm ci (clients/node)"
+	cache=$(mktemp -d)
+	(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error --cache "$cache" </dev/null)
+	local rc=$?
+	rm -rf "$cache"
+	return $rc
+}
+
 # Set the PostgreSQL paths, all derived from pg_config.  PG_CONFIG may be
 # given; by default it is PostgreSQL 15's (Debian's /usr/bin/pg_config
 # follows the newest installed version, which need not be 15).

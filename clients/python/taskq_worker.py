@@ -208,9 +208,9 @@ class Worker:
         """In a pool thread: run the handler, hand the outcome to run()."""
         try:
             result = self.handler_fn(task)
-            self._done.put((task.id, True, result, None))
+            self._done.put((task, True, result, None))
         except BaseException as exc:   # noqa: BLE001 - every failure nacks
-            self._done.put((task.id, False, _error_text(exc), _retry_in(exc)))
+            self._done.put((task, False, _error_text(exc), _retry_in(exc)))
         self._poke()
 
     def _finish(self, conn) -> None:
@@ -221,9 +221,13 @@ class Worker:
                 outcomes.append(self._done.get_nowait())
             except queue_mod.Empty:
                 break
-        for task_id, ok, value, retry_in in outcomes:
-            if task_id not in self._inflight:
-                continue            # abandoned at shutdown
+        for task, ok, value, retry_in in outcomes:
+            task_id = task.id
+            if self._inflight.get(task_id) is not task:
+                # abandoned at shutdown, or its lease was lost (and the task
+                # may be held again as a new attempt, whose outcome this
+                # is not)
+                continue
             del self._inflight[task_id]
             if ok and value is None:
                 plain.append(task_id)
