@@ -16,6 +16,7 @@ GRANT EXECUTE ON FUNCTION taskq.register_handler(text, text, text, text, int, in
 SET ROLE ext_app;
 SELECT taskq.register_handler('ext_mail', NULL, kind => 'external', queue => 'ext_q');
 SELECT taskq.register_handler('ext_sms', 'the SMS gateway workers', kind => 'external', queue => 'ext_q', max_attempts => 2);
+SELECT taskq.register_handler('ext_lim', NULL, kind => 'external', queue => 'ext_lim_q');
 SELECT name, kind, target, queue FROM taskq.handlers WHERE name LIKE 'ext\_%' ORDER BY name;
 
 -- other kinds still need a target, and a description must not be empty
@@ -118,6 +119,36 @@ SELECT id - :t1 AS nth, status, worker_pid = pg_backend_pid() AS this_session
 FROM taskq.tasks WHERE id = :t3;
 
 ------------------------------------------------------------------------
+-- Limited queues: claim() honours the queue's limits and group fairness
+-- as a dispatcher's claim does (through taskq._claim_queue)
+------------------------------------------------------------------------
+
+SET ROLE ext_app;
+SELECT count(taskq.enqueue('ext_lim', jsonb_build_object('g', g), group_key => 'tenant-' || g))
+FROM (VALUES ('a'), ('a'), ('a'), ('a'), ('b')) v(g);
+RESET ROLE;
+SELECT taskq.set_queue('ext_lim_q', concurrency => 3, group_concurrency => 2);
+SET ROLE ext_worker;
+-- three at most, two of tenant-a: tenant-b gets its turn
+SELECT payload->>'g' AS g, attempt, lease_until > now() AS leased
+FROM taskq.claim('ext_lim_q', 10) ORDER BY 1;
+-- the queue is full
+SELECT count(*) FROM taskq.claim('ext_lim_q', 10);
+RESET ROLE;
+SELECT status, limited, count(*) FROM taskq.tasks WHERE handler = 'ext_lim' GROUP BY 1, 2 ORDER BY 1;
+-- tenant-b's ack makes room in the queue, but tenant-a is at its group limit
+SELECT id AS lim_b FROM taskq.tasks WHERE handler = 'ext_lim' AND group_key = 'tenant-b' \gset
+SELECT min(id) AS lim_a FROM taskq.tasks WHERE handler = 'ext_lim' AND status = 'dispatched' AND group_key = 'tenant-a' \gset
+SET ROLE ext_worker;
+SELECT taskq.ack(:lim_b);
+SELECT count(*) FROM taskq.claim('ext_lim_q', 10);
+-- one of tenant-a's acks lets the next tenant-a task start
+SELECT taskq.ack(:lim_a);
+SELECT payload->>'g' AS g, attempt FROM taskq.claim('ext_lim_q', 10);
+RESET ROLE;
+SELECT status, count(*) FROM taskq.tasks WHERE handler = 'ext_lim' GROUP BY 1 ORDER BY 1;
+
+------------------------------------------------------------------------
 -- Wake channels
 ------------------------------------------------------------------------
 
@@ -151,6 +182,7 @@ SELECT count(*) FROM taskq.tasks WHERE handler LIKE 'ext\_%' AND status = 'dispa
 ------------------------------------------------------------------------
 
 DELETE FROM taskq.tasks WHERE handler LIKE 'ext\_%';
+DELETE FROM taskq.queues WHERE name = 'ext_lim_q';
 SELECT taskq.unregister_handler(name) FROM taskq.handlers WHERE name LIKE 'ext\_%' ORDER BY name;
 DROP OWNED BY ext_app, ext_worker, ext_other;
 DROP ROLE ext_app, ext_worker, ext_other;

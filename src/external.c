@@ -55,6 +55,8 @@ PG_FUNCTION_INFO_V1(taskq_wake_channel);
 
 static SPIPlanPtr claimable_plan = NULL;
 static SPIPlanPtr claim_plan = NULL;
+static SPIPlanPtr limited_pick_plan = NULL;
+static SPIPlanPtr limited_mark_plan = NULL;
 static SPIPlanPtr heartbeat_plan = NULL;
 static SPIPlanPtr wake_plan = NULL;
 static SPIPlanPtr sessions_plan = NULL;
@@ -142,7 +144,7 @@ check_named_handler(const char *name, Oid caller)
  * when the queue is paused.
  */
 static Datum
-claimable_handlers(Oid caller, const char *handler, const char *queue)
+claimable_handlers(Oid caller, const char *handler, const char *queue, bool *limited)
 {
 	Oid			types[3] = {OIDOID, TEXTOID, TEXTOID};
 	Datum		values[3];
@@ -161,15 +163,68 @@ claimable_handlers(Oid caller, const char *handler, const char *queue)
 									   "    AND pg_catalog.pg_has_role($1, owner::pg_catalog.oid, 'USAGE')"
 									   "    AND ($2 IS NULL OR name OPERATOR(pg_catalog.=) $2)) AS handlers,"
 									   " EXISTS (SELECT FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) $3"
-									   "   AND paused) AS paused",
+									   "   AND paused) AS paused,"
+									   " EXISTS (SELECT FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) $3"
+									   "   AND (concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
+									   "        OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
+									   "        OR aging IS NOT NULL OR grouped)) AS limited",
 									   3, types),
 						 values, nulls, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: reading the claimable handlers failed");
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
+	*limited = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 	if (DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull)))
 		return (Datum) 0;
 	return SPI_getbinval(tup, desc, 1, &isnull);
+}
+
+/*
+ * A limited queue's claim: taskq._claim_queue() picks the tasks under the
+ * queue's limits, group fairness and aging, exactly as for a dispatcher
+ * (it locks the queue's row first, so the counts are exact across
+ * dispatchers and workers), with every handler but the claimable ones
+ * skipped; then those it set 'running' become 'dispatched' with the
+ * lease, their attempt charged, as the plain claim marks them.  Two
+ * statements: the function's UPDATE is not visible to a statement around
+ * it.  Leaves the claimed rows in SPI_tuptable, as the plain claim does.
+ */
+static void
+claim_limited(const char *queue, Datum handlers, int max_tasks, int64 lease_ms, bool session)
+{
+	Oid			pick_types[4] = {TEXTOID, INT4OID, INT4OID, TEXTARRAYOID};
+	Datum		pick[4] = {CStringGetTextDatum(queue), Int32GetDatum(max_tasks),
+	Int32GetDatum(MyProcPid), handlers};
+	Oid			mark_types[3] = {INT4OID, INT8ARRAYOID, INT8OID};
+	Datum		mark[3];
+	char		mark_nulls[3] = {session ? ' ' : 'n', ' ', ' '};
+	bool		isnull;
+
+	if (SPI_execute_plan(taskq_prepare(&limited_pick_plan,
+									   "SELECT pg_catalog.array_agg(c.id) FROM taskq._claim_queue($1, $2, 1, $3,"
+									   "   ARRAY(SELECT name FROM taskq.handlers"
+									   "          WHERE name OPERATOR(pg_catalog.<>) ALL ($4))) c"
+									   " WHERE NOT c.expired",
+									   4, pick_types),
+						 pick, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: claiming tasks of a limited queue failed");
+	mark[0] = Int32GetDatum(MyProcPid);
+	mark[1] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	mark[2] = Int64GetDatum(lease_ms);
+	if (isnull)
+		mark[1] = PointerGetDatum(construct_empty_array(INT8OID));
+	if (SPI_execute_plan(taskq_prepare(&limited_mark_plan,
+									   "UPDATE taskq.tasks t SET status = 'dispatched', worker_pid = $1,"
+									   "  attempts = t.attempts OPERATOR(pg_catalog.+) 1,"
+									   "  lease_until = pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+)"
+									   "    pg_catalog.make_interval(secs => $3 OPERATOR(pg_catalog./) 1000.0)"
+									   " WHERE t.id OPERATOR(pg_catalog.=) ANY ($2)"
+									   "   AND t.status OPERATOR(pg_catalog.=) 'running'"
+									   " RETURNING t.id, t.handler, t.queue, t.priority, t.run_at, t.payload,"
+									   "  t.metadata, t.attempts, t.lease_until, false AS expired",
+									   3, mark_types),
+						 mark, mark_nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "taskq: claiming tasks of a limited queue failed");
 }
 
 /*
@@ -285,6 +340,7 @@ taskq_claim(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	TaskqAsOwner save;
 	Datum		handlers;
+	bool		limited;
 	MemoryContext cxt = CurrentMemoryContext;
 
 	if (PG_ARGISNULL(1) || PG_GETARG_INT32(1) < 1 || PG_GETARG_INT32(1) > CLAIM_MAX_TASKS)
@@ -308,9 +364,16 @@ taskq_claim(PG_FUNCTION_ARGS)
 	taskq_become_owner(&save);
 	if (handler != NULL)
 		check_named_handler(handler, caller);
-	handlers = claimable_handlers(caller, handler, queue);
-	if (handlers != (Datum) 0 && ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(handlers)),
-												ARR_DIMS(DatumGetArrayTypeP(handlers))) > 0)
+	handlers = claimable_handlers(caller, handler, queue, &limited);
+	if (handlers == (Datum) 0 || ArrayGetNItems(ARR_NDIM(DatumGetArrayTypeP(handlers)),
+												ARR_DIMS(DatumGetArrayTypeP(handlers))) == 0)
+		;						/* paused, or nothing the caller may claim */
+	else if (limited)
+	{
+		claim_limited(queue, handlers, max_tasks, lease_ms, session);
+		store_claimed(store, desc, cxt);
+	}
+	else
 	{
 		Datum		values[5];
 		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
