@@ -165,9 +165,7 @@ claimable_handlers(Oid caller, const char *handler, const char *queue, bool *lim
 									   " EXISTS (SELECT FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) $3"
 									   "   AND paused) AS paused,"
 									   " EXISTS (SELECT FROM taskq.queues WHERE name OPERATOR(pg_catalog.=) $3"
-									   "   AND (concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
-									   "        OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
-									   "        OR aging IS NOT NULL OR grouped)) AS limited",
+									   "   AND " TASKQ_QUEUE_LIMITED_SQL ") AS limited",
 									   3, types),
 						 values, nulls, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: reading the claimable handlers failed");

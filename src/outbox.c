@@ -217,13 +217,9 @@ taskq_outbox_read_exclusions(TaskqExclusions *ex)
 
 	execute(taskq_prepare(&exclusions_plan,
 									   "SELECT ARRAY(SELECT name FROM taskq.queues WHERE paused"
-									   "   OR concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
-									   "   OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
-									   "   OR aging IS NOT NULL OR grouped) AS paused_queues,"
-									   " ARRAY(SELECT name FROM taskq.queues WHERE NOT paused AND ("
-									   "   concurrency IS NOT NULL OR group_concurrency IS NOT NULL"
-									   "   OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL"
-									   "   OR aging IS NOT NULL OR grouped) ORDER BY name) AS limited_queues,"
+									   "   OR " TASKQ_QUEUE_LIMITED_SQL ") AS paused_queues,"
+									   " ARRAY(SELECT name FROM taskq.queues WHERE NOT paused"
+									   "   AND " TASKQ_QUEUE_LIMITED_SQL " ORDER BY name) AS limited_queues,"
 									   " ARRAY(SELECT name FROM taskq.handlers WHERE NOT enabled"
 									   "       OR kind OPERATOR(pg_catalog.=) 'external') AS disabled_handlers",
 									   0, NULL),

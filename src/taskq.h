@@ -391,6 +391,15 @@ typedef struct TaskqReaped
 /* Called for each task whose lease ran out. */
 typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool failed);
 
+/*
+ * A taskq.queues row whose tasks only taskq._claim_queue() claims: one
+ * with limits, aging or group keys.  One condition for every claimant.
+ */
+#define TASKQ_QUEUE_LIMITED_SQL \
+	"(concurrency IS NOT NULL OR group_concurrency IS NOT NULL" \
+	" OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL" \
+	" OR aging IS NOT NULL OR grouped)"
+
 extern void taskq_outbox_read_exclusions(TaskqExclusions *ex);
 extern char *taskq_outbox_claim_sql(const char *filter, const char *limit,
 									const char *status, const char *set_more);

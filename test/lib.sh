@@ -33,10 +33,15 @@ taskq_ensure_deps() {
 			missing+=("$pkg")
 	done
 	((${#missing[@]} == 0)) && return 0
-	echo "==> installing ${missing[*]}"
+	taskq_apt_install "${missing[@]}"
+}
+
+# Install these Debian packages, without reading stdin (CI has none).
+taskq_apt_install() {
+	echo "==> installing $*"
 	taskq_as_root apt-get update -qq </dev/null
 	taskq_as_root env DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+		apt-get install -y -qq --no-install-recommends "$@" </dev/null
 }
 
 # The Node.js worker library (clients/node) needs node and npm, and its
@@ -48,10 +53,7 @@ taskq_ensure_deps() {
 taskq_ensure_node() {
 	local dir=$TASKQ_TOP/clients/node cache
 	if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-		echo "==> installing nodejs npm"
-		taskq_as_root apt-get update -qq </dev/null
-		taskq_as_root env DEBIAN_FRONTEND=noninteractive \
-			apt-get install -y -qq --no-install-recommends nodejs npm </dev/null
+		taskq_apt_install nodejs npm
 	fi
 	if [[ -f $dir/node_modules/.package-lock.json && $dir/node_modules/.package-lock.json -nt $dir/package-lock.json ]]; then
 		return 0

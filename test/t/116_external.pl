@@ -130,10 +130,14 @@ my $s2 = sql(qq{SELECT taskq.enqueue('ext_job', queue => 'ext_q')});
 # s1 is due again too: claim both, then look at s2
 sql(qq{UPDATE taskq.tasks SET run_at = now() + interval '1 hour' WHERE id = $s1});
 is($claim_and_exit->('false'), $s2, 'a claim without session lease took the other');
-$node->poll_query_until('postgres', "SELECT count(*) = 0 FROM pg_stat_activity WHERE query LIKE '%taskq.claim(%' AND pid <> pg_backend_pid()");
-sql(q{SELECT pg_sleep(0.5)}); # several maintenance passes (200 ms each)
+# a later session-lease claim whose session ends too: once that task is
+# back, the pass that returns ended sessions' tasks has run after s2's
+# session ended as well
+my $s3 = sql(qq{SELECT taskq.enqueue('ext_job', queue => 'ext_q')});
+is($claim_and_exit->('true'), $s3, 'a session-lease claim took a third task');
+ok(wait_task_status($node, $s3, 'queued'), 'which is back when its session ended');
 is(sql(qq{SELECT status FROM taskq.tasks WHERE id = $s2}), 'dispatched', 'its lease outlives the session');
-sql(qq{DELETE FROM taskq.tasks WHERE id IN ($s1, $s2)});
+sql(qq{DELETE FROM taskq.tasks WHERE id IN ($s1, $s2, $s3)});
 
 # ---------------------------------------------------------------------
 # Pickup latency through the wake channel (the worker never polls)

@@ -144,7 +144,7 @@ class Worker {
       await this.finish(conn);
       if (this.stopping) {
         if (deadline === null) deadline = Date.now() + this.shutdownTimeout * 1000;
-        this.abandonWaiting(conn);
+        this.abandonWaiting();
         if (this.inflight.size === 0) return;
         if (Date.now() >= deadline) {
           await this.abandon(conn);
@@ -267,7 +267,7 @@ class Worker {
   }
 
   /* At shutdown, give back the claimed tasks that have not started. */
-  abandonWaiting(conn) {
+  abandonWaiting() {
     for (const task of this.waiting.splice(0)) {
       this.done.push([task, false, 'the worker shut down before the task started', '0 seconds']);
     }
