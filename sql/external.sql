@@ -178,11 +178,33 @@ SELECT taskq.wake_channel(NULL);
 SELECT count(*) FROM taskq.tasks WHERE handler LIKE 'ext\_%' AND status = 'dispatched';
 
 ------------------------------------------------------------------------
+-- A queued task is in the dispatchers' index or in claim()'s, by its
+-- handler's kind (taskq.tasks.external); a kind change moves the
+-- handler's tasks, and only a change does
+------------------------------------------------------------------------
+
+SELECT taskq.register_handler('ext_flip', NULL, kind => 'external', queue => 'ext_flip_q');
+SELECT taskq.pause('ext_flip_q');
+SELECT count(taskq.enqueue('ext_flip', '{}')) FROM generate_series(1, 2);
+SELECT external, count(*) FROM taskq.tasks WHERE handler = 'ext_flip' GROUP BY 1;
+SELECT taskq.register_handler('ext_flip', 'flip log', kind => 'log', queue => 'ext_flip_q');
+SELECT external, count(*) FROM taskq.tasks WHERE handler = 'ext_flip' GROUP BY 1;
+SELECT count(taskq.enqueue('ext_flip', '{}'));
+SELECT taskq.register_handler('ext_flip', 'flip log', kind => 'log', queue => 'ext_flip_q');
+SELECT external, count(*) FROM taskq.tasks WHERE handler = 'ext_flip' GROUP BY 1;
+SELECT taskq.register_handler('ext_flip', NULL, kind => 'external', queue => 'ext_flip_q');
+SELECT external, count(*) FROM taskq.tasks WHERE handler = 'ext_flip' GROUP BY 1;
+-- the two indexes hold them apart
+SELECT i.relname, pg_get_expr(x.indpred, x.indrelid) AS predicate
+FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+WHERE i.relname IN ('tasks_queue_idx', 'tasks_external_idx') ORDER BY 1;
+
+------------------------------------------------------------------------
 -- Clean up, so that this file can run again
 ------------------------------------------------------------------------
 
 DELETE FROM taskq.tasks WHERE handler LIKE 'ext\_%';
-DELETE FROM taskq.queues WHERE name = 'ext_lim_q';
+DELETE FROM taskq.queues WHERE name IN ('ext_lim_q', 'ext_flip_q');
 SELECT taskq.unregister_handler(name) FROM taskq.handlers WHERE name LIKE 'ext\_%' ORDER BY name;
 DROP OWNED BY ext_app, ext_worker, ext_other;
 DROP ROLE ext_app, ext_worker, ext_other;

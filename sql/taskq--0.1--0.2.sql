@@ -278,6 +278,9 @@ COMMENT ON FUNCTION taskq._bucket(float8, timestamptz, int, interval, timestampt
 -- concurrency, group_concurrency, rate limits, aging and round-robin over
 -- group keys; share is how many dispatchers serve the queue, so that one
 -- does not take the whole concurrency into a batch it runs one by one.
+-- for_external (default false): true for taskq.claim(), which takes
+-- external handlers' tasks, false for a dispatcher, which takes the
+-- others (each reads its own index: tasks_external_idx, tasks_queue_idx).
 --
 -- The queue's row is locked first, in a statement of its own: under READ
 -- COMMITTED each later statement takes its snapshot after the lock was
@@ -285,7 +288,8 @@ COMMENT ON FUNCTION taskq._bucket(float8, timestamptz, int, interval, timestampt
 -- of running tasks are exact.  Only this function claims a limited
 -- queue's tasks (dispatchers exclude them from the plain claim), so its
 -- UPDATE needs no SKIP LOCKED.
-CREATE FUNCTION taskq._claim_queue(_queue text, max_tasks int, share int, pid int, skip_handlers text[])
+CREATE FUNCTION taskq._claim_queue(_queue text, max_tasks int, share int, pid int, skip_handlers text[],
+                                   for_external boolean DEFAULT false)
 RETURNS TABLE (id bigint, handler text, queue text, priority int, attempts int, max_attempts int,
                timeout_ms bigint, owner pg_catalog.oid, run_at timestamptz, payload jsonb,
                metadata jsonb, expired boolean)
@@ -350,6 +354,7 @@ BEGIN
                  WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
                    AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                    AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                   AND t.external OPERATOR(pg_catalog.=) for_external
                  ORDER BY t.priority DESC, t.run_at, t.id
                  LIMIT room);
         ELSE
@@ -358,6 +363,7 @@ BEGIN
                  WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
                    AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                    AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                   AND t.external OPERATOR(pg_catalog.=) for_external
                  ORDER BY taskq._effective_priority(t.priority, t.run_at, q.aging, t0) DESC, t.run_at, t.id
                  LIMIT room);
         END IF;
@@ -414,6 +420,7 @@ BEGIN
                                AND r.g IS NOT NULL AND t.group_key OPERATOR(pg_catalog.=) r.g
                                AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                                AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                               AND t.external OPERATOR(pg_catalog.=) for_external
                              ORDER BY 3 DESC, t.run_at, t.id
                              LIMIT r.n)
                             UNION ALL
@@ -425,6 +432,7 @@ BEGIN
                                 AND r.g IS NULL AND t.group_key IS NULL
                                 AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                                 AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
+                                AND t.external OPERATOR(pg_catalog.=) for_external
                               ORDER BY 3 DESC, t.run_at, t.id
                               LIMIT r.n)) c
         ), picked AS (
@@ -492,9 +500,9 @@ BEGIN
     END IF;
 END
 $$;
-COMMENT ON FUNCTION taskq._claim_queue(text, int, int, int, text[])
+COMMENT ON FUNCTION taskq._claim_queue(text, int, int, int, text[], boolean)
     IS 'internal: claim due tasks of one queue under its limits, group fairness and aging';
-REVOKE ALL ON FUNCTION taskq._claim_queue(text, int, int, int, text[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION taskq._claim_queue(text, int, int, int, text[], boolean) FROM PUBLIC;
 
 CREATE FUNCTION taskq.explain(id bigint)
 RETURNS text
@@ -836,10 +844,27 @@ COMMENT ON FUNCTION taskq.wake_channel(text)
 -- 0.1's tasks_due_idx served within a queue, so that index goes, and an
 -- enqueue maintains one index fewer.
 ------------------------------------------------------------------------
+--
+-- The queued tasks of external handlers (DESIGN.md 8), which only
+-- taskq.claim() takes, are in an index of their own: a dispatcher's claim
+-- never reads them (a backlog of external tasks at the head of a queue
+-- would otherwise be read through on every claim, and every commit that
+-- wakes the dispatchers), and an external worker's claim never reads the
+-- dispatchers' tasks.  Each queued task is in exactly one of the two.
+-- external is set at enqueue from the handler's kind, and again on the
+-- handler's tasks when register_handler() changes that kind.
+------------------------------------------------------------------------
+ALTER TABLE taskq.tasks ADD COLUMN external boolean NOT NULL DEFAULT false;
+COMMENT ON COLUMN taskq.tasks.external
+    IS 'the handler is of kind external: taskq.claim() takes the task, not a dispatcher';
 CREATE INDEX tasks_queue_idx ON taskq.tasks (queue, priority DESC, run_at, id)
-    WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status;
+    WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status AND NOT external;
 COMMENT ON INDEX taskq.tasks_queue_idx
-    IS 'what claims read: each queue''s queued tasks in dispatch order';
+    IS 'what dispatchers claim: each queue''s queued tasks in dispatch order';
+CREATE INDEX tasks_external_idx ON taskq.tasks (queue, priority DESC, run_at, id)
+    WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status AND external;
+COMMENT ON INDEX taskq.tasks_external_idx
+    IS 'what taskq.claim() reads: each queue''s queued external tasks in dispatch order';
 DROP INDEX taskq.tasks_due_idx;
 
 ------------------------------------------------------------------------

@@ -440,6 +440,7 @@ insert_task(const EnqueueOptions *o, Jsonb *payload, const char *status, bool *i
 	t.owner = o->owner;
 	t.dedupe_key = o->dedupe_key;
 	t.group_key = o->group_key;
+	t.external = o->handler.kind == TASKQ_KIND_EXTERNAL;
 
 	*inserted = true;
 	for (tries = 0; tries < 3; tries++)

@@ -201,7 +201,7 @@ claim_limited(const char *queue, Datum handlers, int max_tasks, int64 lease_ms, 
 	if (SPI_execute_plan(taskq_prepare(&limited_pick_plan,
 									   "SELECT pg_catalog.array_agg(c.id) FROM taskq._claim_queue($1, $2, 1, $3,"
 									   "   ARRAY(SELECT name FROM taskq.handlers"
-									   "          WHERE name OPERATOR(pg_catalog.<>) ALL ($4))) c"
+									   "          WHERE name OPERATOR(pg_catalog.<>) ALL ($4)), true) c"
 									   " WHERE NOT c.expired",
 									   4, pick_types),
 						 pick, NULL, false, 0) != SPI_OK_SELECT)
@@ -534,12 +534,13 @@ taskq_wake_channel(PG_FUNCTION_ARGS)
 /*
  * Notify the wake channels of the queues whose external tasks are due
  * (a dispatcher calls this in its claim's transaction, after a short
- * claim, so the notifications go out when it commits).  It looks at the
- * first WAKE_SCAN_TASKS due tasks in dispatch order, at once when no
- * external handler is registered: after a short claim those are the
- * tasks dispatchers do not take, so the bound costs nothing but a miss
- * behind a longer backlog of paused or external tasks, which workers'
- * own polling covers.  NOTIFY folds repeats within the transaction.
+ * claim, so the notifications go out when it commits).  The queues with
+ * queued external tasks are found by a skip scan of tasks_external_idx,
+ * one descent per queue; in each, the first WAKE_SCAN_TASKS tasks in
+ * dispatch order are looked at for a due one of an enabled handler, so a
+ * queue of tasks scheduled later costs a bounded read (a miss behind
+ * them is what workers' own polling covers).  Nothing is read when no
+ * external task is queued.  NOTIFY folds repeats within the transaction.
  */
 void
 taskq_external_wake_workers(void)
@@ -547,17 +548,25 @@ taskq_external_wake_workers(void)
 	uint64		i;
 
 	if (SPI_execute_plan(taskq_prepare(&wake_plan,
-									   psprintf("SELECT DISTINCT s.queue FROM ("
-												"  SELECT t.queue, t.handler FROM taskq.tasks t"
-												"   WHERE t.status OPERATOR(pg_catalog.=) 'queued'"
-												"     AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
-												"     AND EXISTS (SELECT FROM taskq.handlers"
-												"                  WHERE kind OPERATOR(pg_catalog.=) 'external')"
-												"   ORDER BY t.priority DESC, t.run_at, t.id LIMIT %d) s"
-												" JOIN taskq.handlers h ON h.name OPERATOR(pg_catalog.=) s.handler"
-												"  AND h.kind OPERATOR(pg_catalog.=) 'external' AND h.enabled"
-												" WHERE NOT EXISTS (SELECT FROM taskq.queues q"
-												"   WHERE q.name OPERATOR(pg_catalog.=) s.queue AND q.paused)",
+									   psprintf("WITH RECURSIVE q(queue) AS ("
+												"  (SELECT t.queue FROM taskq.tasks t"
+												"    WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND t.external"
+												"    ORDER BY t.queue LIMIT 1)"
+												"  UNION ALL"
+												"  SELECT (SELECT t.queue FROM taskq.tasks t"
+												"           WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND t.external"
+												"             AND t.queue OPERATOR(pg_catalog.>) q.queue ORDER BY t.queue LIMIT 1)"
+												"  FROM q WHERE q.queue IS NOT NULL)"
+												" SELECT q.queue FROM q WHERE q.queue IS NOT NULL"
+												"  AND NOT EXISTS (SELECT FROM taskq.queues p"
+												"   WHERE p.name OPERATOR(pg_catalog.=) q.queue AND p.paused)"
+												"  AND EXISTS (SELECT FROM (SELECT t.handler, t.run_at FROM taskq.tasks t"
+												"     WHERE t.queue OPERATOR(pg_catalog.=) q.queue"
+												"       AND t.status OPERATOR(pg_catalog.=) 'queued' AND t.external"
+												"     ORDER BY t.priority DESC, t.run_at, t.id LIMIT %d) s"
+												"   JOIN taskq.handlers h ON h.name OPERATOR(pg_catalog.=) s.handler"
+												"    AND h.kind OPERATOR(pg_catalog.=) 'external' AND h.enabled"
+												"   WHERE s.run_at OPERATOR(pg_catalog.<=) pg_catalog.now())",
 												WAKE_SCAN_TASKS),
 									   0, NULL),
 						 NULL, NULL, true, 0) != SPI_OK_SELECT)

@@ -59,6 +59,8 @@ static SPIPlanPtr upsert_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr live_plan = NULL;
 static SPIPlanPtr end_live_plan = NULL;
+static SPIPlanPtr kind_change_plan = NULL;
+static SPIPlanPtr reflag_plan = NULL;
 
 /*
  * Lock a handler's name until the end of the (sub)transaction, in mode
@@ -411,6 +413,39 @@ write_registration(FunctionCallInfo fcinfo, const char *name, const char *kind,
 }
 
 /*
+ * When a registration changes between kind 'external' and another kind,
+ * its tasks move between the dispatchers' claim and taskq.claim()
+ * (taskq.tasks.external picks the index each reads): wait for the
+ * enqueues in flight that read the old kind (they hold the name lock),
+ * then flag the handler's tasks, ended ones too (retry() requeues them),
+ * for the new kind.  This reads the whole table, once per kind change.
+ */
+static void
+reflag_tasks_on_kind_change(const char *name, const char *kind)
+{
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2] = {CStringGetTextDatum(name), CStringGetTextDatum(kind)};
+
+	if (SPI_execute_plan(taskq_prepare(&kind_change_plan,
+									   "SELECT FROM taskq.handlers WHERE name OPERATOR(pg_catalog.=) $1"
+									   "   AND (kind OPERATOR(pg_catalog.=) 'external')"
+									   "       OPERATOR(pg_catalog.<>) ($2 OPERATOR(pg_catalog.=) 'external')",
+									   2, types),
+						 values, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "taskq: could not read taskq.handlers");
+	if (SPI_processed == 0)
+		return;
+	lock_handler_name(name, AccessExclusiveLock);
+	if (SPI_execute_plan(taskq_prepare(&reflag_plan,
+									   "UPDATE taskq.tasks SET external = ($2 OPERATOR(pg_catalog.=) 'external')"
+									   " WHERE handler OPERATOR(pg_catalog.=) $1"
+									   "   AND external OPERATOR(pg_catalog.<>) ($2 OPERATOR(pg_catalog.=) 'external')",
+									   2, types),
+						 values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "taskq: could not update the tasks of handler \"%s\"", name);
+}
+
+/*
  * taskq.register_handler(name, target, kind, queue, priority,
  *						  max_attempts, timeout, ack, enabled): check
  * everything, then insert or update the registration.  The kind checks
@@ -442,6 +477,7 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	taskq_become_owner(&save);
 	owner = check_handler_owner(name);
 	require_handler_privilege(name, caller, owner, "update");
+	reflag_tasks_on_kind_change(name, ops->name);
 	write_registration(fcinfo, name, ops->name, target, OidIsValid(owner) ? owner : caller);
 	invalidate_handlers();
 	taskq_restore_user(&save);

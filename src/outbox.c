@@ -257,7 +257,7 @@ taskq_outbox_limited_queues(const TaskqExclusions *ex)
 static Statement claim_queue_stmt = {
 	.what = "claiming tasks of a limited queue", .expect = SPI_OK_SELECT,
 	.nargs = 5, .types = {TEXTOID, INT4OID, INT4OID, INT4OID, TEXTARRAYOID},
-	.sql = "SELECT * FROM taskq._claim_queue($1, $2, $3, $4, $5)"
+	.sql = "SELECT * FROM taskq._claim_queue($1, $2, $3, $4, $5, false)"
 };
 
 /*
@@ -308,12 +308,12 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 
 /*
  * An external worker's claim (external.c): due tasks of one queue in
- * dispatch order, read from tasks_queue_idx, SKIP LOCKED.
+ * dispatch order, read from tasks_external_idx, SKIP LOCKED.
  */
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
 	" SELECT t.id FROM taskq.tasks t" \
-	" WHERE t.status OPERATOR(pg_catalog.=) 'queued'" \
+	" WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND t.external" \
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 #define CLAIM_SQL_TAIL \
 	" ORDER BY t.priority DESC, t.run_at, t.id" \
@@ -362,10 +362,11 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 #define CLAIM_SQL_SERVED \
 	"WITH RECURSIVE queued(queue) AS (" \
 	"  (SELECT t.queue FROM taskq.tasks t WHERE $2 IS NULL" \
-	"     AND t.status OPERATOR(pg_catalog.=) 'queued' ORDER BY t.queue LIMIT 1)" \
+	"     AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
+	"   ORDER BY t.queue LIMIT 1)" \
 	"  UNION ALL" \
 	"  SELECT (SELECT t.queue FROM taskq.tasks t" \
-	"          WHERE t.status OPERATOR(pg_catalog.=) 'queued'" \
+	"          WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
 	"            AND t.queue OPERATOR(pg_catalog.>) q.queue ORDER BY t.queue LIMIT 1)" \
 	"  FROM queued q WHERE q.queue IS NOT NULL)," \
 	" served(queue) AS (" \
@@ -384,7 +385,7 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 #define CLAIM_SQL_CANDIDATES \
 	"SELECT t.id, t.priority, t.run_at FROM taskq.tasks t" \
 	" WHERE t.queue OPERATOR(pg_catalog.=) %s" \
-	"   AND t.status OPERATOR(pg_catalog.=) 'queued'" \
+	"   AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
 	" ORDER BY t.priority DESC, t.run_at, t.id LIMIT %d"
 
@@ -400,7 +401,7 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 	"  SELECT l.id FROM shares s, LATERAL (" \
 	"   SELECT t.id FROM taskq.tasks t" \
 	"   WHERE t.queue OPERATOR(pg_catalog.=) s.queue" \
-	"     AND t.status OPERATOR(pg_catalog.=) 'queued'" \
+	"     AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
 	"     AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
 	"   ORDER BY t.priority DESC, t.run_at, t.id LIMIT s.n" \
 	"   FOR UPDATE OF t SKIP LOCKED) l LIMIT %d)"
@@ -1090,15 +1091,15 @@ taskq_outbox_set_paused(const char *queue, bool paused)
 
 #define INSERT_SQL \
 	"INSERT INTO taskq.tasks (handler, queue, priority, status, payload, metadata," \
-	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key, group_key)" \
-	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12, $13)"
+	" run_at, expires_at, max_attempts, timeout, owner, dedupe_key, group_key, external)" \
+	" VALUES ($1, $2, $3, $4::taskq.status, $5, $6, $7, $8, $9, $10, $11::pg_catalog.regrole, $12, $13, $14)"
 #define INSERT_TYPES \
 	{TEXTOID, TEXTOID, INT4OID, TEXTOID, JSONBOID, JSONBOID, \
-	 TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID, TEXTOID}
+	 TIMESTAMPTZOID, TIMESTAMPTZOID, INT4OID, INTERVALOID, OIDOID, TEXTOID, TEXTOID, BOOLOID}
 
 static Statement insert_stmt = {
 	.what = "inserting a task", .expect = SPI_OK_INSERT_RETURNING,
-	.nargs = 13, .types = INSERT_TYPES,
+	.nargs = 14, .types = INSERT_TYPES,
 	.sql = INSERT_SQL " RETURNING id"
 };
 
@@ -1111,7 +1112,7 @@ static Statement insert_stmt = {
  */
 static Statement insert_dedupe_stmt = {
 	.what = "inserting a task", .expect = SPI_OK_INSERT_RETURNING,
-	.nargs = 13, .types = INSERT_TYPES,
+	.nargs = 14, .types = INSERT_TYPES,
 	.sql = INSERT_SQL
 	" ON CONFLICT (handler, dedupe_key, owner)"
 	" WHERE dedupe_key IS NOT NULL AND status " TASKQ_SQL_LIVE
@@ -1136,8 +1137,8 @@ interval_of_ms(int64 ms)
 int64
 taskq_outbox_insert(const TaskqNewTask *t)
 {
-	Datum		values[13];
-	char		nulls[13];
+	Datum		values[14];
+	char		nulls[14];
 	TupleDesc	desc;
 	int64		id;
 
@@ -1159,6 +1160,7 @@ taskq_outbox_insert(const TaskqNewTask *t)
 	nulls[11] = t->dedupe_key ? ' ' : 'n';
 	values[12] = t->group_key ? PointerGetDatum(t->group_key) : (Datum) 0;
 	nulls[12] = t->group_key ? ' ' : 'n';
+	values[13] = BoolGetDatum(t->external);
 
 	run(t->dedupe_key ? &insert_dedupe_stmt : &insert_stmt, values, nulls, 1);
 	desc = SPI_tuptable->tupdesc;

@@ -462,6 +462,7 @@ typedef struct TaskqNewTask
 	Oid			owner;
 	text	   *dedupe_key;		/* or NULL */
 	text	   *group_key;		/* or NULL */
+	bool		external;		/* of an external handler: for claim() */
 } TaskqNewTask;
 
 extern bool taskq_outbox_lock_task(int64 id, Oid caller, bool handler_owner_may,
