@@ -191,9 +191,9 @@ ALTER TABLE taskq.tasks ADD COLUMN group_key text, ADD COLUMN limited boolean;
 -- What a limited queue's claim counts: its running tasks, per group.
 CREATE INDEX tasks_running_idx ON taskq.tasks (queue, group_key)
     WHERE limited AND status OPERATOR(pg_catalog.=) ANY ('{running,dispatched}'::taskq.status[]);
--- The group keys of a queue's queued tasks, walked one key at a time.
-CREATE INDEX tasks_group_idx ON taskq.tasks (queue, group_key, priority DESC, run_at, id)
-    WHERE status OPERATOR(pg_catalog.=) 'queued' AND group_key IS NOT NULL;
+-- The group keys of a queue's queued tasks are walked one key at a time
+-- in tasks_queue_idx and tasks_external_idx (below), led by (queue,
+-- group_key).
 
 -- enqueue() and enqueue_many() gain group_key, after metadata: both are
 -- defined once, with after, in the dependencies section below.
@@ -211,33 +211,6 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION taskq.set_queue(text, int, int, text, text, interval)
     IS 'replace a queue''s limits (NULL: no limit); takes effect at commit, keeps paused';
 REVOKE ALL ON FUNCTION taskq.set_queue(text, int, int, text, text, interval) FROM PUBLIC;
-
--- The group keys of a queue's queued tasks after "after" ('' for all: a
--- group_key is never empty), in order, at most lim of them: a skip scan of
--- tasks_group_idx, one index probe per key, however many tasks each has.
-CREATE FUNCTION taskq._group_keys(queue text, after text, lim int)
-RETURNS SETOF text
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-WITH RECURSIVE k(g, n) AS (
-    (SELECT t.group_key, 1 FROM taskq.tasks t
-      WHERE t.queue OPERATOR(pg_catalog.=) $1 AND t.status OPERATOR(pg_catalog.=) 'queued'
-        AND t.group_key IS NOT NULL AND t.group_key OPERATOR(pg_catalog.>) $2
-      ORDER BY t.group_key LIMIT 1)
-    UNION ALL
-    SELECT (SELECT t.group_key FROM taskq.tasks t
-             WHERE t.queue OPERATOR(pg_catalog.=) $1 AND t.status OPERATOR(pg_catalog.=) 'queued'
-               AND t.group_key IS NOT NULL AND t.group_key OPERATOR(pg_catalog.>) k.g
-             ORDER BY t.group_key LIMIT 1),
-           k.n OPERATOR(pg_catalog.+) 1
-      FROM k WHERE k.g IS NOT NULL AND k.n OPERATOR(pg_catalog.<) $3
-)
-SELECT g FROM k WHERE g IS NOT NULL
-$$;
-COMMENT ON FUNCTION taskq._group_keys(text, text, int)
-    IS 'internal: the next group keys of a queue''s queued tasks, by a skip scan';
-REVOKE ALL ON FUNCTION taskq._group_keys(text, text, int) FROM PUBLIC;
 
 -- The priority a task of a queue with aging has now: +1 per aging waited
 -- since it became due, capped at 100.  Inlined into the claim, where a
@@ -351,16 +324,18 @@ BEGIN
         IF q.aging IS NULL THEN
             ids := ARRAY(
                 SELECT t.id FROM taskq.tasks t
-                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
+                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.group_key IS NULL
+                   AND t.status OPERATOR(pg_catalog.=) 'queued'
                    AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                    AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
                    AND t.external OPERATOR(pg_catalog.=) for_external
-                 ORDER BY t.priority DESC, t.run_at, t.id
+                 ORDER BY t.group_key, t.priority DESC, t.run_at, t.id
                  LIMIT room);
         ELSE
             ids := ARRAY(
                 SELECT t.id FROM taskq.tasks t
-                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.status OPERATOR(pg_catalog.=) 'queued'
+                 WHERE t.queue OPERATOR(pg_catalog.=) _queue AND t.group_key IS NULL
+                   AND t.status OPERATOR(pg_catalog.=) 'queued'
                    AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                    AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
                    AND t.external OPERATOR(pg_catalog.=) for_external
@@ -381,11 +356,11 @@ BEGIN
         -- takes about its share (room / groups in turn, plus one), so a priority
         -- order across groups holds up to that share per batch.
         WITH keys AS (
-            SELECT k.g, 0 AS pos FROM taskq._group_keys(_queue, COALESCE(cursor_at, ''), nkeys) k(g)
+            SELECT k.g, 0 AS pos FROM taskq._group_keys(_queue, COALESCE(cursor_at, ''), nkeys, for_external) k(g)
             UNION ALL
             SELECT NULL, 1
             UNION ALL
-            SELECT k.g, 2 FROM taskq._group_keys(_queue, '', nkeys) k(g)
+            SELECT k.g, 2 FROM taskq._group_keys(_queue, '', nkeys, for_external) k(g)
              WHERE cursor_at IS NOT NULL AND k.g OPERATOR(pg_catalog.<=) cursor_at
         ), rooms AS (
             SELECT k.g, k.pos,
@@ -433,7 +408,7 @@ BEGIN
                                 AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()
                                 AND t.handler OPERATOR(pg_catalog.<>) ALL (skip_handlers)
                                 AND t.external OPERATOR(pg_catalog.=) for_external
-                              ORDER BY 3 DESC, t.run_at, t.id
+                              ORDER BY t.group_key, 3 DESC, t.run_at, t.id
                               LIMIT r.n)) c
         ), picked AS (
             SELECT c.id, c.g, pg_catalog.row_number() OVER (
@@ -566,11 +541,16 @@ REVOKE ALL ON FUNCTION taskq._wake_dispatchers(int) FROM PUBLIC;
 -- A task's status changed: if it had dependants and ended, release them
 -- (completed) or cancel them (otherwise); if it left 'waiting' by another
 -- way (cancel(), unregister_handler()), forget its remaining parents.
--- Children are locked in id order before they are looked at, so two
--- parents ending concurrently cannot both miss the release (the second
--- locker reads the first's deletions, with a new snapshot, once the first
--- has committed) nor deadlock.  A child cancelled here is itself a status
--- change of a task that may have dependants: the trigger cascades.
+-- A child that still waits on another parent (as this transaction sees
+-- task_deps after deleting its own links) can race with that parent's
+-- end: those children are locked in id order before they are looked at
+-- again, so two parents ending concurrently cannot both miss the release
+-- (the second locker reads the first's deletions, with a new snapshot,
+-- once the first has committed) nor deadlock.  A child whose only parent
+-- is this task needs no lock and no second look: no other parent's end
+-- touches it, and its UPDATE skips it if cancel() got there first.  A
+-- child cancelled here is itself a status change of a task that may have
+-- dependants: the trigger cascades.
 CREATE FUNCTION taskq._deps_status_changed()
 RETURNS trigger
 LANGUAGE plpgsql
@@ -579,7 +559,9 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     children bigint[];
+    shared bigint[];
     n int;
+    m int;
 BEGIN
     IF OLD.status OPERATOR(pg_catalog.=) 'waiting' THEN
         DELETE FROM taskq.task_deps d WHERE d.child OPERATOR(pg_catalog.=) NEW.id;
@@ -595,25 +577,38 @@ BEGIN
     IF children IS NULL THEN
         RETURN NULL;
     END IF;
-    PERFORM FROM taskq.tasks c
-      WHERE c.id OPERATOR(pg_catalog.=) ANY (children)
-        AND c.status OPERATOR(pg_catalog.=) 'waiting'
-      ORDER BY c.id FOR UPDATE;
+    shared := ARRAY(SELECT DISTINCT d.child FROM taskq.task_deps d
+                     WHERE d.child OPERATOR(pg_catalog.=) ANY (children));
+    IF pg_catalog.cardinality(shared) OPERATOR(pg_catalog.>) 0 THEN
+        PERFORM FROM taskq.tasks c
+          WHERE c.id OPERATOR(pg_catalog.=) ANY (shared)
+            AND c.status OPERATOR(pg_catalog.=) 'waiting'
+          ORDER BY c.id FOR UPDATE;
+        children := ARRAY(SELECT x FROM pg_catalog.unnest(children) x
+                          EXCEPT SELECT y FROM pg_catalog.unnest(shared) y);
+    END IF;
     IF NEW.status OPERATOR(pg_catalog.=) 'completed' THEN
         UPDATE taskq.tasks c SET status = 'queued'
          WHERE c.id OPERATOR(pg_catalog.=) ANY (children)
-           AND c.status OPERATOR(pg_catalog.=) 'waiting'
-           AND NOT EXISTS (SELECT FROM taskq.task_deps d
-                            WHERE d.child OPERATOR(pg_catalog.=) c.id);
+           AND c.status OPERATOR(pg_catalog.=) 'waiting';
         GET DIAGNOSTICS n = ROW_COUNT;
-        IF n OPERATOR(pg_catalog.>) 0 THEN
-            PERFORM taskq._wake_dispatchers(n);
+        m := 0;
+        IF pg_catalog.cardinality(shared) OPERATOR(pg_catalog.>) 0 THEN
+            UPDATE taskq.tasks c SET status = 'queued'
+             WHERE c.id OPERATOR(pg_catalog.=) ANY (shared)
+               AND c.status OPERATOR(pg_catalog.=) 'waiting'
+               AND NOT EXISTS (SELECT FROM taskq.task_deps d
+                                WHERE d.child OPERATOR(pg_catalog.=) c.id);
+            GET DIAGNOSTICS m = ROW_COUNT;
+        END IF;
+        IF n OPERATOR(pg_catalog.+) m OPERATOR(pg_catalog.>) 0 THEN
+            PERFORM taskq._wake_dispatchers(n OPERATOR(pg_catalog.+) m);
         END IF;
     ELSE
         UPDATE taskq.tasks c
            SET status = 'cancelled', finished_at = pg_catalog.now(),
                last_error = pg_catalog.format('parent task %s ended %s', NEW.id, NEW.status)
-         WHERE c.id OPERATOR(pg_catalog.=) ANY (children)
+         WHERE c.id OPERATOR(pg_catalog.=) ANY (children OPERATOR(pg_catalog.||) shared)
            AND c.status OPERATOR(pg_catalog.=) 'waiting';
     END IF;
     RETURN NULL;
@@ -843,6 +838,14 @@ COMMENT ON FUNCTION taskq.wake_channel(text)
 -- executor's backlog costs a claim nothing.  It serves every order that
 -- 0.1's tasks_due_idx served within a queue, so that index goes, and an
 -- enqueue maintains one index fewer.
+--
+-- The second key is group_key.  A queue that has never had a task with a
+-- group key (taskq.queues.grouped) has only NULL keys, so (queue, NULL)
+-- is that queue in dispatch order, which the claims read with "group_key
+-- IS NULL" and "ORDER BY group_key, priority DESC, run_at, id"; a grouped
+-- queue's claim (taskq._claim_queue) reads each group, the NULL one
+-- included, from its first task, and walks the keys with one descent per
+-- key.  One index entry per queued task serves both.
 ------------------------------------------------------------------------
 --
 -- The queued tasks of external handlers (DESIGN.md 8), which only
@@ -857,15 +860,64 @@ COMMENT ON FUNCTION taskq.wake_channel(text)
 ALTER TABLE taskq.tasks ADD COLUMN external boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN taskq.tasks.external
     IS 'the handler is of kind external: taskq.claim() takes the task, not a dispatcher';
-CREATE INDEX tasks_queue_idx ON taskq.tasks (queue, priority DESC, run_at, id)
+CREATE INDEX tasks_queue_idx ON taskq.tasks (queue, group_key, priority DESC, run_at, id)
     WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status AND NOT external;
 COMMENT ON INDEX taskq.tasks_queue_idx
-    IS 'what dispatchers claim: each queue''s queued tasks in dispatch order';
-CREATE INDEX tasks_external_idx ON taskq.tasks (queue, priority DESC, run_at, id)
+    IS 'what dispatchers claim: each queue''s and group''s queued tasks in dispatch order';
+CREATE INDEX tasks_external_idx ON taskq.tasks (queue, group_key, priority DESC, run_at, id)
     WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status AND external;
 COMMENT ON INDEX taskq.tasks_external_idx
-    IS 'what taskq.claim() reads: each queue''s queued external tasks in dispatch order';
+    IS 'what taskq.claim() reads: each queue''s and group''s queued external tasks in dispatch order';
 DROP INDEX taskq.tasks_due_idx;
+
+-- The group keys of a queue's queued tasks (of external handlers or of
+-- the others) after "after" ('' for all: a group_key is never empty), in
+-- order, at most lim of them: a skip scan of tasks_queue_idx or
+-- tasks_external_idx, one index probe per key, however many tasks each
+-- has.  No SET clause, every name qualified: the caller's statement
+-- inlines it and plans it with the caller's values, so "external =
+-- for_external" becomes the predicate of one of the two indexes (an SQL
+-- function that is not inlined is planned again at each call).
+CREATE FUNCTION taskq._group_keys(queue text, after text, lim int, for_external boolean)
+RETURNS SETOF text
+LANGUAGE sql STABLE
+AS $$
+WITH RECURSIVE k(g, n) AS (
+    (SELECT t.group_key, 1 FROM taskq.tasks t
+      WHERE t.queue OPERATOR(pg_catalog.=) $1 AND t.status OPERATOR(pg_catalog.=) 'queued'
+        AND t.external OPERATOR(pg_catalog.=) $4
+        AND t.group_key IS NOT NULL AND t.group_key OPERATOR(pg_catalog.>) $2
+      ORDER BY t.group_key LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.group_key FROM taskq.tasks t
+             WHERE t.queue OPERATOR(pg_catalog.=) $1 AND t.status OPERATOR(pg_catalog.=) 'queued'
+               AND t.external OPERATOR(pg_catalog.=) $4
+               AND t.group_key IS NOT NULL AND t.group_key OPERATOR(pg_catalog.>) k.g
+             ORDER BY t.group_key LIMIT 1),
+           k.n OPERATOR(pg_catalog.+) 1
+      FROM k WHERE k.g IS NOT NULL AND k.n OPERATOR(pg_catalog.<) $3
+)
+SELECT g FROM k WHERE g IS NOT NULL
+$$;
+COMMENT ON FUNCTION taskq._group_keys(text, text, int, boolean)
+    IS 'internal: the next group keys of a queue''s queued tasks, by a skip scan';
+REVOKE ALL ON FUNCTION taskq._group_keys(text, text, int, boolean) FROM PUBLIC;
+
+-- The next scheduled task, for a dispatcher's sleep, is looked for among
+-- the tasks that were delayed: run_at later than enqueued_at (run_after,
+-- a future run_at, a retry's backoff, a lease that ran out).  A task due
+-- when it is enqueued (run_at is the enqueuing transaction's start, as
+-- enqueued_at) has no entry: one index entry fewer per task.  And no
+-- claim implies this predicate, so the planner cannot read this index
+-- and sort its whole backlog instead of reading tasks_queue_idx in
+-- order, as it did when statistics taken of a queue in another state
+-- (empty, or every task waiting on a parent) estimated one queued task.
+DROP INDEX taskq.tasks_scheduled_idx;
+CREATE INDEX tasks_scheduled_idx ON taskq.tasks (run_at)
+    WHERE status OPERATOR(pg_catalog.=) 'queued'::taskq.status
+      AND run_at OPERATOR(pg_catalog.>) enqueued_at;
+COMMENT ON INDEX taskq.tasks_scheduled_idx
+    IS 'queued tasks that were delayed, by run_at: when a dispatcher next has work';
 
 ------------------------------------------------------------------------
 -- taskq.workers names each dispatcher's executor.

@@ -502,14 +502,17 @@ count_lease_expiry(const char *queue, const char *handler, bool failed)
 }
 
 /*
- * One maintenance pass: reap, redeliver or fail notify and external tasks
- * whose lease ran out or whose claiming session ended, expire tasks past expires_at, remove ended tasks older than
- * taskq.retention, and have the claims planned again (see outbox.c).
+ * One maintenance pass: have every plan made again if the table's size
+ * has changed much (see outbox.c); reap, redeliver or fail notify and
+ * external tasks whose lease ran out or whose claiming session ended,
+ * expire tasks past expires_at, remove ended tasks older than
+ * taskq.retention, and have the claims planned again.
  */
 static void
 maintenance(void)
 {
 	set_state(TASKQ_STATE_MAINTENANCE);
+	taskq_outbox_replan_on_growth();
 	reap_orphans();
 	taskq_outbox_expire_leases(count_lease_expiry);
 	taskq_external_release_sessions(count_lease_expiry);

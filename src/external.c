@@ -537,7 +537,8 @@ taskq_wake_channel(PG_FUNCTION_ARGS)
  * claim, so the notifications go out when it commits).  The queues with
  * queued external tasks are found by a skip scan of tasks_external_idx,
  * one descent per queue; in each, the first WAKE_SCAN_TASKS tasks in
- * dispatch order are looked at for a due one of an enabled handler, so a
+ * index order (group by group, each in dispatch order) are looked at
+ * for a due one of an enabled handler, so a
  * queue of tasks scheduled later costs a bounded read (a miss behind
  * them is what workers' own polling covers).  Nothing is read when no
  * external task is queued.  NOTIFY folds repeats within the transaction.
@@ -563,7 +564,7 @@ taskq_external_wake_workers(void)
 												"  AND EXISTS (SELECT FROM (SELECT t.handler, t.run_at FROM taskq.tasks t"
 												"     WHERE t.queue OPERATOR(pg_catalog.=) q.queue"
 												"       AND t.status OPERATOR(pg_catalog.=) 'queued' AND t.external"
-												"     ORDER BY t.priority DESC, t.run_at, t.id LIMIT %d) s"
+												"     ORDER BY " TASKQ_SQL_UNGROUPED_ORDER " LIMIT %d) s"
 												"   JOIN taskq.handlers h ON h.name OPERATOR(pg_catalog.=) s.handler"
 												"    AND h.kind OPERATOR(pg_catalog.=) 'external' AND h.enabled"
 												"   WHERE s.run_at OPERATOR(pg_catalog.<=) pg_catalog.now())",

@@ -22,10 +22,15 @@
  */
 #include "taskq.h"
 
+#include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
+#include "storage/bufmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/plancache.h"
 #include "utils/timestamp.h"
 
 static SPIPlanPtr claim_plan = NULL;
@@ -313,10 +318,10 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
 	" SELECT t.id FROM taskq.tasks t" \
-	" WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND t.external" \
+	" WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND t.external AND t.group_key IS NULL" \
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 #define CLAIM_SQL_TAIL \
-	" ORDER BY t.priority DESC, t.run_at, t.id" \
+	" ORDER BY " TASKQ_SQL_UNGROUPED_ORDER \
 	" LIMIT %s FOR UPDATE SKIP LOCKED)"
 
 /*
@@ -384,10 +389,10 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
  */
 #define CLAIM_SQL_CANDIDATES \
 	"SELECT t.id, t.priority, t.run_at FROM taskq.tasks t" \
-	" WHERE t.queue OPERATOR(pg_catalog.=) %s" \
+	" WHERE t.queue OPERATOR(pg_catalog.=) %s AND t.group_key IS NULL" \
 	"   AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
-	" ORDER BY t.priority DESC, t.run_at, t.id LIMIT %d"
+	" ORDER BY " TASKQ_SQL_UNGROUPED_ORDER " LIMIT %d"
 
 #define HANDLER_FILTER " AND t.handler OPERATOR(pg_catalog.<>) ALL ($5)"
 
@@ -400,10 +405,10 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 	" locked AS (" \
 	"  SELECT l.id FROM shares s, LATERAL (" \
 	"   SELECT t.id FROM taskq.tasks t" \
-	"   WHERE t.queue OPERATOR(pg_catalog.=) s.queue" \
+	"   WHERE t.queue OPERATOR(pg_catalog.=) s.queue AND t.group_key IS NULL" \
 	"     AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
 	"     AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
-	"   ORDER BY t.priority DESC, t.run_at, t.id LIMIT s.n" \
+	"   ORDER BY " TASKQ_SQL_UNGROUPED_ORDER " LIMIT s.n" \
 	"   FOR UPDATE OF t SKIP LOCKED) l LIMIT %d)"
 
 
@@ -450,6 +455,39 @@ taskq_outbox_forget_claim_plans(void)
 	if (claim_excluding_plan != NULL)
 		SPI_freeplan(claim_excluding_plan);
 	claim_excluding_plan = NULL;
+}
+
+/*
+ * Have every plan of this backend made again when taskq.tasks has grown
+ * or shrunk more than twofold (and by more than GROWTH_SLACK_BLOCKS)
+ * since they were made.  The planner costs a scan by the table's size
+ * when it plans; a plan made while the table was empty (a new install,
+ * after TRUNCATE) reads the whole table once per row when the table has
+ * grown, and nothing replaces it until an ANALYZE happens to invalidate
+ * it: 100 ms a maintenance pass with 1,000 rows.  Called at each
+ * maintenance pass, in its transaction; costs one read of the table's size.
+ */
+#define GROWTH_SLACK_BLOCKS 8
+
+void
+taskq_outbox_replan_on_growth(void)
+{
+	static BlockNumber planned_at = 0;
+	Oid			nsp = get_namespace_oid("taskq", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("tasks", nsp) : InvalidOid;
+	Relation	rel;
+	BlockNumber now;
+
+	if (!OidIsValid(relid))
+		return;
+	rel = table_open(relid, AccessShareLock);
+	now = RelationGetNumberOfBlocks(rel);
+	table_close(rel, NoLock);
+	if (now <= 2 * planned_at + GROWTH_SLACK_BLOCKS &&
+		planned_at <= 2 * now + GROWTH_SLACK_BLOCKS)
+		return;
+	ResetPlanCache();
+	planned_at = now;
 }
 
 /* An empty text[], for an executor that excludes nothing. */
@@ -503,7 +541,9 @@ taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
  * When something next becomes due: the earliest future run_at of a queued
  * task or time a rate limit lets a held task start (returned), and the
  * earliest lease to run out (*lease); DT_NOEND for none.  Index range
- * scans, and taskq.queues, which is small.
+ * scans, and taskq.queues, which is small.  A queued task not yet due
+ * was delayed (run_at > enqueued_at, which the enqueue made now()): that
+ * clause names tasks_scheduled_idx's predicate.
  */
 TimestampTz
 taskq_outbox_next_due(TimestampTz *lease)
@@ -517,6 +557,7 @@ taskq_outbox_next_due(TimestampTz *lease)
 	execute(taskq_prepare(&next_due_plan,
 									   "SELECT"
 									   " (SELECT run_at FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'queued'"
+									   "   AND run_at OPERATOR(pg_catalog.>) enqueued_at"
 									   "   AND run_at OPERATOR(pg_catalog.>) pg_catalog.now() ORDER BY run_at LIMIT 1) AS run_at,"
 									   " (SELECT lease_until FROM taskq.tasks WHERE status OPERATOR(pg_catalog.=) 'dispatched'"
 									   "   ORDER BY lease_until LIMIT 1) AS lease_until,"

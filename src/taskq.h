@@ -395,6 +395,16 @@ typedef void (*TaskqLeaseFn) (const char *queue, const char *handler, bool faile
  * A taskq.queues row whose tasks only taskq._claim_queue() claims: one
  * with limits, aging or group keys.  One condition for every claimant.
  */
+/*
+ * Dispatch order within a queue that has no group keys (not
+ * taskq.queues.grouped): its tasks are (queue, NULL) in tasks_queue_idx
+ * and tasks_external_idx, whose order this names in full, so that a
+ * claim with "t.queue = ... AND t.group_key IS NULL" reads the index in
+ * order instead of sorting (IS NULL does not make the key constant for
+ * the planner's ordering).
+ */
+#define TASKQ_SQL_UNGROUPED_ORDER "t.group_key, t.priority DESC, t.run_at, t.id"
+
 #define TASKQ_QUEUE_LIMITED_SQL \
 	"(concurrency IS NOT NULL OR group_concurrency IS NOT NULL" \
 	" OR rate_limit IS NOT NULL OR group_rate_limit IS NOT NULL" \
@@ -409,6 +419,7 @@ extern char **taskq_outbox_limited_queues(const TaskqExclusions *ex);
 extern int	taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip,
 									 MemoryContext cxt, TaskqTask *tasks);
 extern void taskq_outbox_forget_claim_plans(void);
+extern void taskq_outbox_replan_on_growth(void);
 extern TimestampTz taskq_outbox_next_due(TimestampTz *lease);
 extern bool taskq_outbox_remove_completed(int64 id);
 extern bool taskq_outbox_complete(int64 id, const TaskqOutcome *out, int ack_timeout_ms);

@@ -197,8 +197,12 @@ like(
 	qr/^CREATE UNIQUE INDEX tasks_dedupe_idx ON taskq\.tasks USING btree \(handler, dedupe_key, owner\) WHERE/,
 	'deduplication is per enqueuing role: tasks_dedupe_idx is on (handler, dedupe_key, owner)');
 is( sql(q{SELECT pg_get_indexdef('taskq.tasks_queue_idx'::regclass)}),
-	q{CREATE INDEX tasks_queue_idx ON taskq.tasks USING btree (queue, priority DESC, run_at, id) WHERE ((status = 'queued'::taskq.status) AND (NOT external))},
-	'claims read one queue at a time: tasks_queue_idx is on (queue, priority DESC, run_at, id) of queued tasks');
+	q{CREATE INDEX tasks_queue_idx ON taskq.tasks USING btree (queue, group_key, priority DESC, run_at, id) WHERE ((status = 'queued'::taskq.status) AND (NOT external))},
+	'claims read one queue and group at a time: tasks_queue_idx is on (queue, group_key, priority DESC, run_at, id) of queued tasks');
+is( sql(q{SELECT pg_get_indexdef('taskq.tasks_scheduled_idx'::regclass)}),
+	q{CREATE INDEX tasks_scheduled_idx ON taskq.tasks USING btree (run_at) WHERE ((status = 'queued'::taskq.status) AND (run_at > enqueued_at))},
+	'tasks_scheduled_idx holds the delayed tasks only');
+is(sql(q{SELECT to_regclass('taskq.tasks_group_idx') IS NULL}), 't', 'no separate index of group keys');
 is(sql(q{SELECT count(*) FROM taskq.tasks WHERE external}), 0,
 	'the tasks of 0.1 are not external (0.1 had no external kind)');
 is(sql(q{SELECT to_regclass('taskq.tasks_due_idx') IS NULL}), 't', 'and 0.1\'s tasks_due_idx is gone');
