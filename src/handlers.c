@@ -59,7 +59,6 @@ static SPIPlanPtr upsert_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 static SPIPlanPtr live_plan = NULL;
 static SPIPlanPtr end_live_plan = NULL;
-static SPIPlanPtr kind_change_plan = NULL;
 static SPIPlanPtr reflag_plan = NULL;
 
 /*
@@ -299,10 +298,11 @@ lookup_handler(const char *name, TaskqHandler *h, Snapshot snapshot)
 
 /*
  * The registered owner of a handler (locked for update), or InvalidOid
- * when it is not registered.
+ * when it is not registered; *kind (when not NULL) gets its kind, or
+ * NULL.  One read serves the privilege check and the kind change.
  */
 static Oid
-check_handler_owner(const char *name)
+check_handler_owner(const char *name, char **kind)
 {
 	Oid			types[1] = {TEXTOID};
 	Datum		values[1];
@@ -311,15 +311,19 @@ check_handler_owner(const char *name)
 	Oid			owner;
 
 	plan = taskq_prepare(&owner_plan,
-						 "SELECT owner::pg_catalog.oid FROM taskq.handlers"
+						 "SELECT owner::pg_catalog.oid, kind FROM taskq.handlers"
 						 " WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 						 1, types);
 	values[0] = CStringGetTextDatum(name);
 	if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "taskq: could not read taskq.handlers");
+	if (kind != NULL)
+		*kind = NULL;
 	if (SPI_processed == 0)
 		return InvalidOid;
 	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (kind != NULL)
+		*kind = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
 	return owner;
 }
 
@@ -421,19 +425,13 @@ write_registration(FunctionCallInfo fcinfo, const char *name, const char *kind,
  * for the new kind.  This reads the whole table, once per kind change.
  */
 static void
-reflag_tasks_on_kind_change(const char *name, const char *kind)
+reflag_tasks_on_kind_change(const char *name, const char *old_kind, const char *kind)
 {
 	Oid			types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2] = {CStringGetTextDatum(name), CStringGetTextDatum(kind)};
 
-	if (SPI_execute_plan(taskq_prepare(&kind_change_plan,
-									   "SELECT FROM taskq.handlers WHERE name OPERATOR(pg_catalog.=) $1"
-									   "   AND (kind OPERATOR(pg_catalog.=) 'external')"
-									   "       OPERATOR(pg_catalog.<>) ($2 OPERATOR(pg_catalog.=) 'external')",
-									   2, types),
-						 values, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "taskq: could not read taskq.handlers");
-	if (SPI_processed == 0)
+	if (old_kind == NULL ||
+		(strcmp(old_kind, "external") == 0) == (strcmp(kind, "external") == 0))
 		return;
 	lock_handler_name(name, AccessExclusiveLock);
 	if (SPI_execute_plan(taskq_prepare(&reflag_plan,
@@ -459,6 +457,7 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 	const TaskqKindOps *ops;
 	Oid			caller = taskq_caller();
 	Oid			owner;
+	char	   *old_kind;
 	TaskqAsOwner save;
 
 	taskq_require_arg(fcinfo, 0, "name", "Pass the handler's name, which enqueue() will use.");
@@ -475,9 +474,9 @@ taskq_register_handler(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	taskq_become_owner(&save);
-	owner = check_handler_owner(name);
+	owner = check_handler_owner(name, &old_kind);
 	require_handler_privilege(name, caller, owner, "update");
-	reflag_tasks_on_kind_change(name, ops->name);
+	reflag_tasks_on_kind_change(name, old_kind, ops->name);
 	write_registration(fcinfo, name, ops->name, target, OidIsValid(owner) ? owner : caller);
 	invalidate_handlers();
 	taskq_restore_user(&save);
@@ -566,7 +565,7 @@ taskq_unregister_handler(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	taskq_become_owner(&save);
-	owner = check_handler_owner(name);
+	owner = check_handler_owner(name, NULL);
 	require_handler_privilege(name, caller, owner, "unregister");
 	values[0] = CStringGetTextDatum(name);
 	if (OidIsValid(owner))
