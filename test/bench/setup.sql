@@ -21,7 +21,7 @@ LANGUAGE plpgsql AS $$ BEGIN END $$;
 
 -- The latency handler: its first statement records how long ago the
 -- enqueuing statement read the clock (payload.t), in microseconds.
-CREATE TABLE bench.latency (us float8 NOT NULL);
+CREATE TABLE bench.latency (us float8 NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE FUNCTION bench.lat(payload jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
