@@ -313,7 +313,9 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 
 /*
  * An external worker's claim (external.c): due tasks of one queue in
- * dispatch order, read from tasks_external_idx, SKIP LOCKED.
+ * dispatch order, read from tasks_external_idx, SKIP LOCKED.  The queue
+ * has no group keys (a grouped or limited one is claimed through
+ * taskq._claim_queue()), so its tasks are (queue, NULL) in that index.
  */
 #define CLAIM_SQL_HEAD \
 	"WITH c AS (" \
@@ -383,7 +385,8 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 
 /*
  * One queue's candidates: its first due tasks in dispatch order, of
- * enabled handlers, read from tasks_queue_idx.  The first %s is the
+ * enabled handlers, read from tasks_queue_idx, where a queue that the
+ * plain claim serves (no limits, no group keys) is (queue, NULL).  The first %s is the
  * queue's expression, the second the handler filter (HANDLER_FILTER or
  * nothing), %d the batch size.
  */
