@@ -9,6 +9,7 @@ OBJS = \
 	src/common.o \
 	src/shmem.o \
 	src/outbox.o \
+	src/cursors.o \
 	src/enqueue.o \
 	src/handlers.o \
 	src/tasks.o \

@@ -25,6 +25,43 @@ SELECT t.id FROM taskq.tasks t
    AND t.status = 'queued' AND NOT t.external AND t.run_at <= now()
  ORDER BY t.group_key, t.priority DESC, t.run_at, t.id LIMIT 32;
 
+-- the same step from a claim cursor (src/cursors.c): the cursor's
+-- priority from its run_at, then the lower priorities, two index ranges
+EXPLAIN (COSTS OFF)
+SELECT t.id FROM taskq.tasks t
+ WHERE t.queue = 'mail' AND t.group_key IS NULL
+   AND t.status = 'queued' AND NOT t.external AND t.run_at <= now()
+   AND t.priority = 0 AND t.run_at >= '2026-01-01'
+ ORDER BY t.group_key, t.priority DESC, t.run_at, t.id LIMIT 32;
+EXPLAIN (COSTS OFF)
+SELECT t.id FROM taskq.tasks t
+ WHERE t.queue = 'mail' AND t.group_key IS NULL
+   AND t.status = 'queued' AND NOT t.external AND t.run_at <= now()
+   AND t.priority < 0
+ ORDER BY t.group_key, t.priority DESC, t.run_at, t.id LIMIT 32;
+
+-- the delayed tasks that became due since the previous claim, which move
+-- the cursors back: the window's range of tasks_scheduled_idx
+EXPLAIN (COSTS OFF)
+SELECT t.queue, t.priority, t.run_at FROM taskq.tasks t
+ WHERE t.status = 'queued' AND t.run_at > t.enqueued_at
+   AND t.run_at > now() - interval '10 ms' AND t.run_at <= now()
+   AND NOT t.external AND t.group_key IS NULL
+ ORDER BY t.run_at;
+
+-- the default executor's served queues, as its cursors keep them: one
+-- descent per queue
+EXPLAIN (COSTS OFF)
+WITH RECURSIVE queued(queue) AS (
+  (SELECT t.queue FROM taskq.tasks t
+    WHERE t.status = 'queued' AND NOT t.external ORDER BY t.queue LIMIT 1)
+  UNION ALL
+  SELECT (SELECT t.queue FROM taskq.tasks t
+           WHERE t.status = 'queued' AND NOT t.external AND t.queue > q.queue
+           ORDER BY t.queue LIMIT 1)
+    FROM queued q WHERE q.queue IS NOT NULL)
+SELECT q.queue FROM queued q WHERE q.queue IS NOT NULL AND q.queue <> ALL ('{}');
+
 -- an external worker's claim
 EXPLAIN (COSTS OFF)
 SELECT t.id FROM taskq.tasks t

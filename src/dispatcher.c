@@ -480,6 +480,8 @@ reap_orphans(void)
 	lock_reaping();
 	nsuspects = taskq_list_suspects(MyDatabaseId, suspects, lengthof(suspects));
 	nrows = taskq_outbox_reap(suspects, nsuspects, &rows);
+	if (nrows > 0)
+		taskq_request_wakeup_at_commit(TASKQ_WAKE_ALL); /* requeued: rewinds every cursor */
 	for (i = 0; i < nrows; i++)
 		if (report_reaped(&rows[i]) && ncharged < (int) lengthof(charged))
 			charged[ncharged++] = rows[i].id;
@@ -499,6 +501,8 @@ static void
 count_lease_expiry(const char *queue, const char *handler, bool failed)
 {
 	taskq_count_outcome(MyDatabaseId, queue, handler, 0, failed ? 1 : 0, failed ? 0 : 1);
+	if (!failed)
+		taskq_request_wakeup_at_commit(TASKQ_WAKE_ALL); /* requeued: rewinds every cursor */
 }
 
 /*
@@ -635,6 +639,7 @@ claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampT
 	set_state(TASKQ_STATE_CLAIMING);
 	/* before the snapshot: a commit that this claim misses sets it again */
 	(void) pg_atomic_exchange_u32(&my_slot->wake_pending, 0);
+	taskq_cursors_take_rewinds(my_slot);
 	begin_tx("taskq: claiming tasks");
 	if (!extension_present())
 	{
@@ -658,6 +663,7 @@ claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampT
 		tasks = MemoryContextAllocZero(batch_ctx, sizeof(TaskqTask) * Max(served.batch_size, 1));
 	else
 	{
+		taskq_cursors_prepare(&served);
 		plain = taskq_outbox_claim(&served, &ex, batch_ctx, &tasks);
 		if (plain == 0)
 			plain_empty_at = GetCurrentTimestamp();
@@ -675,6 +681,8 @@ claim(bool draining, TaskqTask **tasks_out, bool *full, int *limited, TimestampT
 	 * crash marker (start_task) still names it, and reaping counts it.
 	 */
 	commit_tx(taskq_synchronous_commit);
+	if (!skip_plain)
+		taskq_cursors_advance(tasks, plain);
 
 	qsort(tasks, plain, sizeof(TaskqTask), compare_tasks);
 	*tasks_out = tasks;
@@ -741,7 +749,13 @@ record_failure(TaskqTask *task, const char *error, bool timed_out)
 	if (!taskq_outbox_fail(task->id, msg, delay_ms, timed_out))
 		return false;			/* cancelled meanwhile */
 	if (!final)
+	{
 		retry_hint = Min(retry_hint, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay_ms));
+		/* no later than the run_at written: see cursors.c */
+		taskq_request_rewind_at_commit(task->queue, task->priority,
+									   TimestampTzPlusMilliseconds(GetCurrentTransactionStartTimestamp(),
+																   delay_ms));
+	}
 
 	LWLockAcquire(taskq_lock(), LW_EXCLUSIVE);
 	my_slot->failed++;

@@ -487,6 +487,20 @@ enqueue_logical(const EnqueueOptions *o, Jsonb *payload)
 }
 
 /*
+ * Whether the dispatchers' plain claim reads a task enqueued so (and its
+ * commit must rewind their cursors of its queue to it): a queued one of a
+ * handler they run.  An external task is claimed by taskq.claim(), a
+ * waiting one is released later, and a grouped one is claimed through its
+ * queue's own claim, which keeps no cursor.
+ */
+static bool
+claimed_from_queue(const EnqueueOptions *o, const char *status)
+{
+	return strcmp(status, "queued") == 0 && o->group_key == NULL &&
+		o->handler.kind != TASKQ_KIND_EXTERNAL;
+}
+
+/*
  * Enqueue one payload with resolved options.  Returns the task id, or
  * -1 when a policy dropped it.  The caller has SPI connected, and with
  * owner_held already acts as the owner of taskq.tasks (enqueue_many() in
@@ -496,6 +510,7 @@ static int64
 enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 {
 	TaskqAsOwner save;
+	const char *status;
 	bool		inserted;
 	int64		id;
 
@@ -519,7 +534,8 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 	{
 		if (!owner_held)
 			taskq_become_owner(&save);
-		id = insert_task(o, payload, taskq_deps_status(&o->deps), &inserted);
+		status = taskq_deps_status(&o->deps);
+		id = insert_task(o, payload, status, &inserted);
 		if (inserted && o->group_key != NULL)
 			taskq_outbox_mark_grouped(o->queue);
 		if (!owner_held)
@@ -527,7 +543,8 @@ enqueue_one(EnqueueOptions *o, Jsonb *payload, bool owner_held)
 		if (inserted)
 		{
 			taskq_deps_link(&o->deps, id);
-			taskq_request_wakeup_at_commit(1);
+			taskq_request_claimable_at_commit(claimed_from_queue(o, status) ? o->queue : NULL,
+											  o->priority, o->run_at);
 			warn_if_nothing_dispatches();
 			warn_if_no_dispatcher_started();
 		}

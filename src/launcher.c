@@ -337,7 +337,7 @@ take_slot(const Wanted *w)
 
 		if (!s->in_use)
 		{
-			memset(s, 0, sizeof(*s));
+			taskq_clear_slot(s);
 			s->in_use = true;
 			s->dboid = w->dboid;
 			s->index = w->index;

@@ -359,7 +359,8 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
  *				batch uses.
  *
  * $1 is our pid; $2 the executor's queues (text[]; NULL for the default
- * executor), $3 the queues other executors serve (for the default one),
+ * executor, or the queues its cursors know: cursors.c), $3 the queues
+ * other executors serve (for the default one; never claimed),
  * $4 the paused queues, $5 the disabled handlers.  The batch size is
  * written in, also as the locked rows' LIMIT, which the shares already
  * bound: a LIMIT the planner cannot read (a parameter, or s.n) makes the
@@ -378,41 +379,60 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 	"  FROM queued q WHERE q.queue IS NOT NULL)," \
 	" served(queue) AS (" \
 	"  SELECT s.queue FROM (SELECT x.queue FROM pg_catalog.unnest($2::pg_catalog.text[]) AS x(queue)" \
+	"                      WHERE x.queue OPERATOR(pg_catalog.<>) ALL ($3)" \
 	"                      UNION ALL" \
 	"                      SELECT q.queue FROM queued q WHERE q.queue IS NOT NULL" \
 	"                        AND q.queue OPERATOR(pg_catalog.<>) ALL ($3)) s" \
 	"  WHERE s.queue OPERATOR(pg_catalog.<>) ALL ($4)),"
 
 /*
- * One queue's candidates: its first due tasks in dispatch order, of
- * enabled handlers, read from tasks_queue_idx, where a queue that the
- * plain claim serves (no limits, no group keys) is (queue, NULL).  The first %s is the
- * queue's expression, the second the handler filter (HANDLER_FILTER or
- * nothing), %d the batch size.
+ * Each served queue's claim cursor (cursors.c) as the key its claim reads
+ * from: $6, $7 and $8 are the cursors' queues, priorities and run_at; a
+ * queue without one reads from its start (priority TASKQ_REWIND_ALL).
  */
-#define CLAIM_SQL_CANDIDATES \
-	"SELECT t.id, t.priority, t.run_at FROM taskq.tasks t" \
-	" WHERE t.queue OPERATOR(pg_catalog.=) %s AND t.group_key IS NULL" \
+#define CLAIM_SQL_BOUNDS \
+	" bounds AS (" \
+	"  SELECT s.queue, COALESCE(c.p, 2147483647) AS bp," \
+	"   COALESCE(c.r, '-infinity'::pg_catalog.timestamptz) AS br" \
+	"  FROM served s LEFT JOIN ROWS FROM (pg_catalog.unnest($6::pg_catalog.text[])," \
+	"   pg_catalog.unnest($7::pg_catalog.int4[]), pg_catalog.unnest($8::pg_catalog.timestamptz[]))" \
+	"   AS c(queue, p, r) ON c.queue OPERATOR(pg_catalog.=) s.queue),"
+
+/*
+ * One queue's due tasks of enabled handlers in dispatch order from its
+ * bound b, read from tasks_queue_idx, where a queue that the plain claim
+ * serves (no limits, no group keys) is (queue, NULL): the bound's
+ * priority from its run_at, then every lower priority.  Two range scans,
+ * the second read only if the first gives too few: one condition
+ * "(priority, run_at) after the bound" would be no index range, the
+ * priority being descending.  The first %s is what is selected, the
+ * second the handler filter (HANDLER_FILTER or nothing), the third what
+ * follows ORDER BY (the LIMIT and any locking clause).
+ */
+#define CLAIM_SQL_DUE(range) \
+	"SELECT %s FROM taskq.tasks t" \
+	" WHERE t.queue OPERATOR(pg_catalog.=) b.queue AND t.group_key IS NULL" \
 	"   AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
-	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
-	" ORDER BY " TASKQ_SQL_UNGROUPED_ORDER " LIMIT %d"
+	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s AND " range \
+	" ORDER BY " TASKQ_SQL_UNGROUPED_ORDER " %s"
+#define CLAIM_SQL_AT_BOUND \
+	CLAIM_SQL_DUE("t.priority OPERATOR(pg_catalog.=) b.bp AND t.run_at OPERATOR(pg_catalog.>=) b.br")
+#define CLAIM_SQL_BELOW_BOUND \
+	CLAIM_SQL_DUE("t.priority OPERATOR(pg_catalog.<) b.bp")
 
 #define HANDLER_FILTER " AND t.handler OPERATOR(pg_catalog.<>) ALL ($5)"
 
 #define CLAIM_SQL_MERGE \
 	" candidates AS (" \
-	"  SELECT s.queue, c.priority, c.run_at, c.id FROM served s," \
-	"   LATERAL (" CLAIM_SQL_CANDIDATES ") c" \
+	"  SELECT b.queue, c.priority, c.run_at, c.id FROM bounds b," \
+	"   LATERAL (SELECT u.id, u.priority, u.run_at FROM (" \
+	"    (" CLAIM_SQL_AT_BOUND ") UNION ALL (" CLAIM_SQL_BELOW_BOUND ")) u LIMIT %d) c" \
 	"  ORDER BY c.priority DESC, c.run_at, c.id LIMIT %d)," \
 	" shares AS (SELECT queue, pg_catalog.count(*) AS n FROM candidates GROUP BY queue)," \
 	" locked AS (" \
-	"  SELECT l.id FROM shares s, LATERAL (" \
-	"   SELECT t.id FROM taskq.tasks t" \
-	"   WHERE t.queue OPERATOR(pg_catalog.=) s.queue AND t.group_key IS NULL" \
-	"     AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
-	"     AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s" \
-	"   ORDER BY " TASKQ_SQL_UNGROUPED_ORDER " LIMIT s.n" \
-	"   FOR UPDATE OF t SKIP LOCKED) l LIMIT %d)"
+	"  SELECT l.id FROM shares s JOIN bounds b ON b.queue OPERATOR(pg_catalog.=) s.queue, LATERAL (" \
+	"   SELECT a.id FROM (" CLAIM_SQL_AT_BOUND ") a" \
+	"   UNION ALL SELECT z.id FROM (" CLAIM_SQL_BELOW_BOUND ") z LIMIT s.n) l LIMIT %d)"
 
 
 /*
@@ -431,18 +451,23 @@ static int	claim_plans_batch = 0;
 static SPIPlanPtr
 claim_statement(int batch_size, bool excluding)
 {
-	Oid			types[5] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Oid			types[8] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID};
 	const char *filter = excluding ? HANDLER_FILTER : "";
 	SPIPlanPtr *cache = excluding ? &claim_excluding_plan : &claim_plan;
+	char	   *limit = psprintf("LIMIT %d", batch_size);
+	const char *lock = "LIMIT s.n FOR UPDATE OF t SKIP LOCKED";
 	char	   *sql;
 
 	if (*cache != NULL)
 		return *cache;
-	sql = psprintf(CLAIM_SQL_SERVED CLAIM_SQL_MERGE CLAIM_SQL_SET,
-				   "s.queue", filter, batch_size, batch_size, filter, batch_size,
+	sql = psprintf(CLAIM_SQL_SERVED CLAIM_SQL_BOUNDS CLAIM_SQL_MERGE CLAIM_SQL_SET,
+				   "t.id, t.priority, t.run_at", filter, limit,
+				   "t.id, t.priority, t.run_at", filter, limit, batch_size, batch_size,
+				   "t.id", filter, lock, "t.id", filter, lock, batch_size,
 				   "'running'", "", "locked");
-	return excluding ? taskq_prepare_custom(cache, sql, 5, types) :
-		taskq_prepare_generic(cache, sql, 5, types);
+	return excluding ? taskq_prepare_custom(cache, sql, 8, types) :
+		taskq_prepare_generic(cache, sql, 8, types);
 }
 
 /*
@@ -511,8 +536,8 @@ int
 taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 				   MemoryContext cxt, TaskqTask **tasks)
 {
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Datum		values[8];
+	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	TaskColumns cols;
 	MemoryContext old;
 	uint64		i;
@@ -527,6 +552,9 @@ taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 	values[2] = served->others != (Datum) 0 ? served->others : empty_text_array();
 	values[3] = ex->queues;
 	values[4] = ex->handlers;
+	values[5] = served->cursor_queues;
+	values[6] = served->cursor_priorities;
+	values[7] = served->cursor_run_ats;
 	execute(claim_statement(served->batch_size, array_length_of(ex->handlers) > 0),
 			values, nulls, false, 0, SPI_OK_UPDATE_RETURNING, "claiming tasks");
 
@@ -576,6 +604,84 @@ taskq_outbox_next_due(TimestampTz *lease)
 	due = isnull ? DT_NOEND : DatumGetTimestampTz(d);
 	d = value_of(tup, desc, column(desc, "held_until"), &isnull);
 	return isnull ? due : Min(due, DatumGetTimestampTz(d));
+}
+
+/*
+ * fn(queue) for each queue with queued tasks for the dispatchers, except
+ * those in others (text[], or 0 for none): the default executor's served
+ * queues, found as the claim finds them (CLAIM_SQL_SERVED's skip scan),
+ * for its claim cursors to keep (cursors.c).
+ */
+static Statement queued_queues_stmt = {
+	.what = "listing the queues with queued tasks", .expect = SPI_OK_SELECT,
+	.nargs = 1, .types = {TEXTARRAYOID},
+	.sql = "WITH RECURSIVE queued(queue) AS ("
+	"  (SELECT t.queue FROM taskq.tasks t"
+	"   WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external"
+	"   ORDER BY t.queue LIMIT 1)"
+	"  UNION ALL"
+	"  SELECT (SELECT t.queue FROM taskq.tasks t"
+	"          WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external"
+	"            AND t.queue OPERATOR(pg_catalog.>) q.queue ORDER BY t.queue LIMIT 1)"
+	"  FROM queued q WHERE q.queue IS NOT NULL)"
+	" SELECT q.queue FROM queued q WHERE q.queue IS NOT NULL"
+	"   AND q.queue OPERATOR(pg_catalog.<>) ALL ($1)"
+};
+
+void
+taskq_outbox_queued_queues(Datum others, void (*fn) (const char *queue))
+{
+	Datum		values[1];
+	uint64		i;
+
+	values[0] = others != (Datum) 0 ? others : empty_text_array();
+	run(&queued_queues_stmt, values, NULL, 0);
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		fn(TextDatumGetCString(value_of(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+										&isnull)));
+	}
+}
+
+/*
+ * For each delayed task (tasks_scheduled_idx) that became due after since
+ * and is now claimable by the plain claim, fn(queue, priority, run_at):
+ * the claim cursors' rewinds for run_at reached (cursors.c).  Ordered by
+ * run_at, so that the plan reads only the window's range of that index
+ * (tasks_queue_idx has the columns too, but not in that order).
+ */
+static Statement due_since_stmt = {
+	.what = "reading the delayed tasks that became due", .expect = SPI_OK_SELECT,
+	.nargs = 1, .types = {TIMESTAMPTZOID},
+	.sql = "SELECT t.queue, t.priority, t.run_at FROM taskq.tasks t"
+	" WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND t.run_at OPERATOR(pg_catalog.>) t.enqueued_at"
+	"   AND t.run_at OPERATOR(pg_catalog.>) $1 AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
+	"   AND NOT t.external AND t.group_key IS NULL"
+	" ORDER BY t.run_at"
+};
+
+void
+taskq_outbox_due_since(TimestampTz since,
+					   void (*fn) (const char *queue, int priority, TimestampTz run_at))
+{
+	Datum		values[1] = {TimestampTzGetDatum(since)};
+	TupleDesc	desc;
+	uint64		i;
+
+	run(&due_since_stmt, values, NULL, 0);
+	desc = SPI_tuptable->tupdesc;
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+		char	   *queue = TextDatumGetCString(value_of(tup, desc, 1, &isnull));
+		int			priority = DatumGetInt32(value_of(tup, desc, 2, &isnull));
+		TimestampTz run_at = DatumGetTimestampTz(value_of(tup, desc, 3, &isnull));
+
+		fn(queue, priority, run_at);
+	}
 }
 
 /* ----------------------------------------------------------------

@@ -66,6 +66,7 @@
 #include <unistd.h>
 
 #include "access/xact.h"
+#include "common/hashfn.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/fd.h"
@@ -193,7 +194,8 @@ typedef enum PendingKind
 	PENDING_WAKE,				/* wake dispatchers; value: tasks or TASKQ_WAKE_ALL */
 	PENDING_LAUNCHER,			/* wake the launcher */
 	PENDING_INTERRUPT,			/* interrupt a cancelled task; value: its id */
-	PENDING_COUNT				/* add count to the shared counters */
+	PENDING_COUNT,				/* add count to the shared counters */
+	PENDING_REWIND				/* rewind the dispatchers' claim cursors */
 } PendingKind;
 
 typedef struct PendingRequest
@@ -202,6 +204,7 @@ typedef struct PendingRequest
 	PendingKind kind;
 	int64		value;
 	TaskqCounter count;			/* PENDING_COUNT only */
+	TaskqRewind rewind;			/* PENDING_REWIND only */
 } PendingRequest;
 
 static bool xact_callback_registered = false;
@@ -368,7 +371,10 @@ shmem_startup(void)
 		SpinLockInit(&shared->mutex);
 		shared->nslots = max_worker_processes;
 		for (i = 0; i < shared->nslots; i++)
+		{
 			pg_atomic_init_u32(&shared->slots[i].wake_pending, 0);
+			SpinLockInit(&shared->slots[i].rewind_mutex);
+		}
 		pg_atomic_init_u64(&shared->dispatcher_exits, 0);
 		pg_atomic_init_u64(&shared->launcher_pass, 0);
 		pg_atomic_init_u32(&shared->starved_gen, 0);
@@ -562,6 +568,92 @@ taskq_database_starved(Oid dboid, uint32 *seen_gen)
  * Commit-time wake-ups and interrupts
  * ----------------------------------------------------------------
  */
+
+/*
+ * A queue's name as a rewind names it: a hash, never 0 (which means every
+ * queue).  Two queues that collide only rewind each other's cursors.
+ */
+uint32
+taskq_queue_hash(const char *queue)
+{
+	uint32		h = hash_bytes((const unsigned char *) queue, strlen(queue));
+
+	return h == 0 ? 1 : h;
+}
+
+/*
+ * Merge rewind r into *into: the earlier key in dispatch order (higher
+ * priority first, then earlier run_at), for one queue or, when they name
+ * different queues, every queue.
+ */
+void
+taskq_merge_rewind(TaskqRewind *into, const TaskqRewind *r)
+{
+	if (!r->set)
+		return;
+	if (!into->set)
+	{
+		*into = *r;
+		return;
+	}
+	if (into->queue_hash != r->queue_hash)
+		into->queue_hash = 0;
+	if (r->priority > into->priority ||
+		(r->priority == into->priority && r->run_at < into->run_at))
+	{
+		into->priority = r->priority;
+		into->run_at = r->run_at;
+	}
+}
+
+/*
+ * After our commit made tasks claimable, merge where they are in dispatch
+ * order into the rewind of every dispatcher of dboid (cursors.c says why).
+ * Our commit is visible before we write: a claim that takes the rewind
+ * before this has its snapshot after it and sees the tasks from wherever
+ * it reads; one that takes it later reads from the rewound key.  Slots are
+ * chosen without the lock: a slot being handed out meanwhile starts with
+ * no cursor, and a stray rewind only makes one claim read more.
+ */
+static void
+rewind_dispatchers(Oid dboid, const TaskqRewind *rw)
+{
+	int			i;
+
+	for (i = 0; i < shared->nslots; i++)
+	{
+		TaskqSlot  *slot = &shared->slots[i];
+
+		if (!slot->in_use || slot->dboid != dboid)
+			continue;
+		SpinLockAcquire(&slot->rewind_mutex);
+		taskq_merge_rewind(&slot->rewind, rw);
+		SpinLockRelease(&slot->rewind_mutex);
+	}
+}
+
+/* A claim takes its slot's rewinds (cursors.c), before its snapshot. */
+void
+taskq_take_rewind(TaskqSlot *slot, TaskqRewind *out)
+{
+	SpinLockAcquire(&slot->rewind_mutex);
+	*out = slot->rewind;
+	slot->rewind.set = false;
+	SpinLockRelease(&slot->rewind_mutex);
+}
+
+/*
+ * Clear a slot the launcher hands out: everything but the rewind's
+ * spinlock, which a committer may hold (rewind_dispatchers).
+ */
+void
+taskq_clear_slot(TaskqSlot *slot)
+{
+	memset(slot, 0, offsetof(TaskqSlot, rewind_mutex));
+	SpinLockAcquire(&slot->rewind_mutex);
+	slot->rewind.set = false;
+	SpinLockRelease(&slot->rewind_mutex);
+}
 
 /*
  * Wake the dispatchers of dboid for ntasks newly claimable tasks
@@ -783,6 +875,9 @@ add_request(int level, const PendingRequest *req)
 			r->count.failed += req->count.failed;
 			r->count.retried += req->count.retried;
 			break;
+		case PENDING_REWIND:
+			taskq_merge_rewind(&r->rewind, &req->rewind);
+			break;
 		case PENDING_LAUNCHER:
 		case PENDING_INTERRUPT:
 			break;
@@ -841,6 +936,7 @@ subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 static void
 xact_callback(XactEvent event, void *arg)
 {
+	TaskqRewind rewind;
 	int			wake = 0;
 	bool		launcher = false;
 	int			i;
@@ -851,15 +947,21 @@ xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (!have_shared())
 				break;
+			memset(&rewind, 0, sizeof(rewind));
 			for (i = 0; i < npending; i++)
 			{
-				if (pending[i].kind == PENDING_WAKE)
+				if (pending[i].kind == PENDING_REWIND)
+					taskq_merge_rewind(&rewind, &pending[i].rewind);
+				else if (pending[i].kind == PENDING_WAKE)
 					wake = Min((int64) wake + pending[i].value, TASKQ_WAKE_ALL);
 				else if (pending[i].kind == PENDING_LAUNCHER)
 					launcher = true;
 				else if (pending[i].kind == PENDING_INTERRUPT)
 					interrupt_task(MyDatabaseId, pending[i].value);
 			}
+			/* before the latches: a woken claim must see the rewind */
+			if (rewind.set)
+				rewind_dispatchers(MyDatabaseId, &rewind);
 			if (wake > 0)
 				taskq_wake_dispatchers(MyDatabaseId, wake);
 			if (launcher)
@@ -909,11 +1011,62 @@ request_at_commit(PendingKind kind, int64 value, const TaskqCounterKey *key,
 	add_request(GetCurrentTransactionNestLevel(), &req);
 }
 
-/* At commit, wake dispatchers for ntasks more tasks (or TASKQ_WAKE_ALL). */
+/* At commit, merge rw into the claim cursors' rewinds (see rewind_dispatchers). */
+static void
+request_rewind_at_commit(const TaskqRewind *rw)
+{
+	PendingRequest req;
+
+	ensure_xact_callback();
+	memset(&req, 0, sizeof(req));
+	req.kind = PENDING_REWIND;
+	req.rewind = *rw;
+	add_request(GetCurrentTransactionNestLevel(), &req);
+}
+
+/*
+ * At commit, wake dispatchers for ntasks more tasks (or TASKQ_WAKE_ALL)
+ * that this transaction made claimable in some way other than enqueuing
+ * them (a retry, a release, a resumed queue): their place in dispatch
+ * order is unknown here, so every claim cursor is rewound to the start.
+ */
 void
 taskq_request_wakeup_at_commit(int ntasks)
 {
+	TaskqRewind all = {.set = true, .queue_hash = 0, .priority = TASKQ_REWIND_ALL};
+
 	request_at_commit(PENDING_WAKE, Min(ntasks, TASKQ_WAKE_ALL), NULL, 0, 0, 0);
+	request_rewind_at_commit(&all);
+}
+
+/*
+ * At commit, rewind the dispatchers' cursors of queue to (priority,
+ * run_at), for a task this transaction made claimable there, without
+ * waking them: a retry due after its backoff.
+ */
+void
+taskq_request_rewind_at_commit(const char *queue, int priority, TimestampTz run_at)
+{
+	TaskqRewind rw = {.set = true, .queue_hash = taskq_queue_hash(queue),
+	.priority = priority, .run_at = run_at};
+
+	request_rewind_at_commit(&rw);
+}
+
+/*
+ * At commit, wake dispatchers for a task this transaction enqueued into
+ * queue with this priority and run_at, and rewind their cursors of that
+ * queue to it if it lies behind them (a transaction that began before the
+ * tasks a claim has taken since, or a higher priority).  queue NULL: a
+ * task that the dispatchers' claim does not read (an external one, or one
+ * waiting on its parents, whose release rewinds), which only wakes them.
+ */
+void
+taskq_request_claimable_at_commit(const char *queue, int priority, TimestampTz run_at)
+{
+	request_at_commit(PENDING_WAKE, 1, NULL, 0, 0, 0);
+	if (queue != NULL)
+		taskq_request_rewind_at_commit(queue, priority, run_at);
 }
 
 void

@@ -42,6 +42,7 @@
 #include "access/tupdesc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/spin.h"
 #include "utils/tuplestore.h"
 #include "utils/guc.h"
 #include "utils/jsonb.h"
@@ -156,6 +157,24 @@ typedef enum TaskqCause
 } TaskqCause;
 
 /*
+ * Where a dispatcher's claim of a queue must start reading again
+ * (cursors.c): a key in dispatch order, priority then run_at.  A commit
+ * that made a task of queue_hash claimable with this key behind a cursor
+ * sets it in every slot of its database; queue_hash 0 is every queue, and
+ * priority TASKQ_REWIND_ALL rewinds the whole queue (the claim reads it
+ * from its first index entry).
+ */
+#define TASKQ_REWIND_ALL	INT_MAX
+
+typedef struct TaskqRewind
+{
+	bool		set;
+	uint32		queue_hash;
+	int			priority;
+	TimestampTz run_at;
+} TaskqRewind;
+
+/*
  * One per dispatcher the launcher may run.  The launcher owns in_use,
  * dboid and index; the dispatcher owns the rest while it lives, except
  * that a committing cancel() brings task_deadline forward (and sets
@@ -199,6 +218,15 @@ typedef struct TaskqSlot
 	char		last_error[256];
 	Oid			last_error_owner;	/* the role whose task failed so */
 	TimestampTz last_error_at;
+
+	/*
+	 * Rewinds of our claim cursors, merged by committing backends under
+	 * rewind_mutex and taken by the claim.  Kept last: the launcher clears
+	 * a slot it hands out only up to rewind_mutex, which committers may be
+	 * holding, and empties rewind under it.
+	 */
+	slock_t		rewind_mutex;
+	TaskqRewind rewind;
 } TaskqSlot;
 
 extern void taskq_shmem_request(void);
@@ -220,6 +248,14 @@ extern uint64 taskq_cancel_generation(void);
 #define TASKQ_WAKE_ALL	1000000	/* wake-ups for an unknown number of tasks */
 extern void taskq_wake_dispatchers(Oid dboid, int ntasks);
 extern void taskq_request_wakeup_at_commit(int ntasks);
+extern void taskq_request_claimable_at_commit(const char *queue, int priority,
+											  TimestampTz run_at);
+extern void taskq_request_rewind_at_commit(const char *queue, int priority,
+										   TimestampTz run_at);
+extern void taskq_take_rewind(TaskqSlot *slot, TaskqRewind *out);
+extern uint32 taskq_queue_hash(const char *queue);
+extern void taskq_merge_rewind(TaskqRewind *into, const TaskqRewind *r);
+extern void taskq_clear_slot(TaskqSlot *slot);
 extern void taskq_request_launcher_wakeup_at_commit(void);
 extern void taskq_request_interrupt_at_commit(int64 task_id);
 
@@ -374,7 +410,15 @@ typedef struct TaskqServed
 	Datum		queues;			/* 0: every queue not in others */
 	Datum		others;			/* 0: none */
 	int			batch_size;		/* tasks a claim takes at most */
+	/* the claim cursors (cursors.c): text[], int4[], timestamptz[] */
+	Datum		cursor_queues;
+	Datum		cursor_priorities;
+	Datum		cursor_run_ats;
 } TaskqServed;
+
+extern void taskq_cursors_take_rewinds(TaskqSlot *slot);
+extern void taskq_cursors_prepare(TaskqServed *served);
+extern void taskq_cursors_advance(const TaskqTask *tasks, int n);
 
 /* A task that reaping charged or requeued. */
 typedef struct TaskqReaped
@@ -421,6 +465,9 @@ extern int	taskq_outbox_claim_queue(const char *queue, int max_tasks, int share,
 extern void taskq_outbox_forget_claim_plans(void);
 extern void taskq_outbox_replan_on_growth(void);
 extern TimestampTz taskq_outbox_next_due(TimestampTz *lease);
+extern void taskq_outbox_queued_queues(Datum others, void (*fn) (const char *queue));
+extern void taskq_outbox_due_since(TimestampTz since,
+								   void (*fn) (const char *queue, int priority, TimestampTz run_at));
 extern bool taskq_outbox_remove_completed(int64 id);
 extern bool taskq_outbox_complete(int64 id, const TaskqOutcome *out, int ack_timeout_ms);
 extern bool taskq_outbox_fail(int64 id, const char *error, int64 delay_ms, bool timed_out);

@@ -1,0 +1,130 @@
+# Claim cursors (src/cursors.c): a dispatcher's claim reads each queue
+# from the last key it took there, so every task that becomes claimable
+# behind that key must move it back.  One dispatcher, batches of one, a
+# backlog of 20 ms tasks: each late arrival below must run soon after it
+# became claimable, ahead of most of the backlog still queued then (it
+# comes first in dispatch order), and not after the backlog, which is
+# where a task the cursor had passed would wait until the cursors are
+# dropped (every 10 s; each backlog here lasts 2 to 3 s).
+#
+#   - a task whose transaction began before the backlog was enqueued, and
+#     committed after the dispatcher had claimed into it (its run_at is
+#     earlier than the cursor): its commit rewinds;
+#   - a task of a higher priority: its commit rewinds;
+#   - a delayed task of a higher priority, whose run_at comes while the
+#     backlog drains: the claim looks up delayed tasks that became due;
+#   - and, with a session holding a snapshot all along, every task of the
+#     queue still runs once, in dispatch order.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use TaskqTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = taskq_node('claim_cursors', <<'EOC');
+taskq.workers = 1
+taskq.batch_size = 1
+EOC
+
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+sql(<<'EOS');
+CREATE EXTENSION taskq;
+CREATE TABLE ledger (seq bigserial, label text NOT NULL);
+CREATE FUNCTION public.step(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger (label) VALUES (p->>'label');
+    PERFORM pg_sleep((p->>'sleep')::float8);
+END $$;
+SELECT taskq.register_handler('step', 'public.step(jsonb)');
+EOS
+
+# Enqueue n backlog tasks labelled "$tag-<i>".
+sub backlog
+{
+	my ($tag, $n) = @_;
+	sql(qq{SELECT count(*) FROM taskq.enqueue_many('step',
+             ARRAY(SELECT jsonb_build_object('label', '$tag-' || g, 'sleep', 0.02)
+                   FROM generate_series(1, $n) g))});
+}
+
+# Wait until n tasks of the backlog tag have run.
+sub wait_ran
+{
+	my ($tag, $n) = @_;
+	return $node->poll_query_until('postgres',
+		"SELECT count(*) >= $n FROM ledger WHERE label LIKE '$tag-%'");
+}
+
+# How many backlog tasks of tag ran after the task labelled label, once
+# both the backlog and the task have run.
+sub ran_after
+{
+	my ($tag, $label, $total) = @_;
+	$node->poll_query_until('postgres',
+		"SELECT count(*) = $total + 1 FROM ledger WHERE label LIKE '$tag-%' OR label = '$label'")
+	  or diag sql("SELECT string_agg(label, ' ' ORDER BY seq) FROM ledger");
+	return sql(qq{SELECT count(*) FROM ledger b, ledger l
+                  WHERE l.label = '$label' AND b.label LIKE '$tag-%' AND b.seq > l.seq});
+}
+
+ok( $node->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM taskq.workers WHERE type = 'dispatcher' AND state = 'idle'}),
+	'the dispatcher is idle');
+
+# An enqueue whose transaction began before the backlog's.
+my $bg = $node->background_psql('postgres');
+$bg->query_safe('BEGIN');
+$bg->query_safe('SELECT now()');
+backlog('a', 100);
+ok(wait_ran('a', 10), 'the dispatcher has claimed into the first backlog');
+$bg->query_safe(q{SELECT taskq.enqueue('step', '{"label": "early-start", "sleep": 0}')});
+$bg->query_safe('COMMIT');
+my $after = ran_after('a', 'early-start', 100);
+cmp_ok($after, '>=', 50,
+	"a task whose transaction began before the backlog runs next after its commit ($after backlog tasks ran after it)");
+
+# A higher priority.
+backlog('b', 100);
+ok(wait_ran('b', 10), 'the dispatcher has claimed into the second backlog');
+sql(q{SELECT taskq.enqueue('step', '{"label": "urgent", "sleep": 0}', priority => 10)});
+$after = ran_after('b', 'urgent', 100);
+cmp_ok($after, '>=', 50,
+	"a task of a higher priority runs next after its commit ($after backlog tasks ran after it)");
+
+# A delayed task of a higher priority, due while the backlog drains.
+backlog('c', 150);
+ok(wait_ran('c', 10), 'the dispatcher has claimed into the third backlog');
+sql(q{SELECT taskq.enqueue('step', '{"label": "delayed", "sleep": 0}', priority => 10,
+                           run_after => '500 milliseconds')});
+$after = ran_after('c', 'delayed', 150);
+cmp_ok($after, '>=', 30,
+	"a delayed task of a higher priority runs when due ($after backlog tasks ran after it)");
+is( sql(q{SELECT started_at >= run_at FROM taskq.tasks WHERE payload->>'label' = 'delayed'}),
+	't', 'and not before its run_at');
+
+# Under a held snapshot (the case the cursors are for): every task once,
+# in dispatch order (the backlog in enqueue order, the urgent one first).
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('BEGIN ISOLATION LEVEL REPEATABLE READ');
+$holder->query_safe('SELECT count(*) FROM taskq.tasks');
+backlog('d', 100);
+ok(wait_ran('d', 10), 'the dispatcher drains a backlog while a snapshot is held');
+sql(q{SELECT taskq.enqueue('step', '{"label": "held-urgent", "sleep": 0}', priority => 10)});
+$after = ran_after('d', 'held-urgent', 100);
+cmp_ok($after, '>=', 50,
+	"under a held snapshot, a higher priority still runs next ($after backlog tasks ran after it)");
+is( sql(q{SELECT count(*) FROM (
+            SELECT label, lag(split_part(label, '-', 2)::int) OVER (ORDER BY seq) AS prev,
+                   split_part(label, '-', 2)::int AS n
+              FROM ledger WHERE label LIKE 'd-%') x
+          WHERE prev IS NOT NULL AND n <> prev + 1}),
+	'0', 'the backlog ran in enqueue order');
+is( sql(q{SELECT count(*) || ' ' || count(DISTINCT label) FROM ledger}),
+	'454 454', 'every task ran once');
+$holder->query_safe('COMMIT');
+$holder->quit;
+$bg->quit;
+
+done_testing();
