@@ -50,7 +50,8 @@ SELECT name, setting FROM pg_file_settings WHERE name = 'taskq.executors';
 ALTER SYSTEM RESET taskq.executors;
 SELECT count(*) FROM pg_file_settings WHERE name = 'taskq.executors';
 
--- taskq.workers has the column executor, last; the launcher's is NULL
+-- taskq.workers has the columns executor and wakeups, last; the
+-- launcher's are NULL
 SELECT attname FROM pg_attribute
- WHERE attrelid = 'taskq.workers'::regclass AND attnum > 0 ORDER BY attnum DESC LIMIT 1;
-SELECT type, executor FROM taskq.workers WHERE type = 'launcher';
+ WHERE attrelid = 'taskq.workers'::regclass AND attnum > 0 ORDER BY attnum DESC LIMIT 2;
+SELECT type, executor, wakeups FROM taskq.workers WHERE type = 'launcher';

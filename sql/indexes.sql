@@ -26,12 +26,13 @@ SELECT t.id FROM taskq.tasks t
  ORDER BY t.group_key, t.priority DESC, t.run_at, t.id LIMIT 32;
 
 -- the same step from a claim cursor (src/cursors.c): the cursor's
--- priority from its run_at, then the lower priorities, two index ranges
+-- priority from its (run_at, id), then the lower priorities, two index
+-- ranges
 EXPLAIN (COSTS OFF)
 SELECT t.id FROM taskq.tasks t
  WHERE t.queue = 'mail' AND t.group_key IS NULL
    AND t.status = 'queued' AND NOT t.external AND t.run_at <= now()
-   AND t.priority = 0 AND t.run_at >= '2026-01-01'
+   AND t.priority = 0 AND (t.run_at, t.id) >= ('2026-01-01', 42)
  ORDER BY t.group_key, t.priority DESC, t.run_at, t.id LIMIT 32;
 EXPLAIN (COSTS OFF)
 SELECT t.id FROM taskq.tasks t

@@ -920,12 +920,14 @@ COMMENT ON INDEX taskq.tasks_scheduled_idx
     IS 'queued tasks that were delayed, by run_at: when a dispatcher next has work';
 
 ------------------------------------------------------------------------
--- taskq.workers names each dispatcher's executor.
+-- taskq.workers names each dispatcher's executor, and counts its wake-ups.
 --
 -- Dispatchers belong to executors (taskq.executors); the view gains the
--- column executor, last, NULL for the launcher.  taskq._workers() gains
--- the OUT column, so it and the view are made again, with the view's
--- security_invoker, comment and grant as above.
+-- columns executor (NULL for the launcher) and wakeups (how often a
+-- commit, or another dispatcher, woke the dispatcher since it started;
+-- NULL for the launcher), last.  taskq._workers() gains the OUT columns,
+-- so it and the view are made again, with the view's security_invoker,
+-- comment and grant as above.
 ------------------------------------------------------------------------
 DROP VIEW taskq.workers;
 DROP FUNCTION taskq._workers();
@@ -935,7 +937,7 @@ CREATE FUNCTION taskq._workers(
     OUT task_started_at timestamptz, OUT started_at timestamptz,
     OUT processed bigint, OUT failed bigint,
     OUT last_error text, OUT last_error_at timestamptz,
-    OUT executor text)
+    OUT executor text, OUT wakeups bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'taskq_list_workers'
 LANGUAGE C VOLATILE;

@@ -14,8 +14,8 @@
  * claim must visit and test against the heap: 2,000 tasks/s for two
  * minutes is 240,000 visits per claim, and the queue that was keeping up
  * falls behind by seconds.  A cursor is the last key a claim took in that
- * queue (priority, run_at); the next claim reads from it, so it visits the
- * entries of tasks claimed since its previous claim only.
+ * queue (priority, run_at, id); the next claim reads from it, so it visits
+ * the entries of tasks claimed since its previous claim only.
  *
  * What can be behind a cursor, and who says so.  A claim reads from the
  * cursor to the first unlocked due tasks; a task whose key is earlier and
@@ -35,9 +35,13 @@
  *	  (taskq_request_wakeup_at_commit()).
  *	- a delayed task whose run_at came since the previous claim: looked up
  *	  at each claim through tasks_scheduled_idx, over that time window only.
- *	- a task skipped because another dispatcher had it locked, and whose
- *	  claim then failed: the cursors are dropped every CURSOR_RESCAN_MS,
- *	  which bounds how long anything not listed above can wait.
+ *	- a task that COMMIT PREPARED made claimable (two-phase commit wakes
+ *	  nobody): a dispatcher woken by taskq.poll_interval, not a commit,
+ *	  drops its cursors first.
+ *	- a task the claim found locked: the cursor stops at it (see
+ *	  taskq_cursors_advance()).
+ *	- anything else (a superuser's UPDATE of taskq.tasks): the cursors are
+ *	  dropped every CURSOR_RESCAN_MS, which bounds how long it can wait.
  *
  * A cursor moved back to a higher priority than its own makes the claim
  * read that priority from the key and every lower one from its start.
@@ -70,6 +74,7 @@ typedef struct Cursor
 	uint32		hash;
 	int			priority;
 	TimestampTz run_at;
+	int64		id;				/* 0 after a rewind: every id of that run_at */
 } Cursor;
 
 static Cursor cursors[MAX_CURSORS];
@@ -91,18 +96,30 @@ static TimestampTz dropped_at = 0;
 static TimestampTz last_claim_at = DT_NOBEGIN;	/* the previous claim's now() */
 static TimestampTz this_claim_at = DT_NOBEGIN;
 
-/* Whether key (p1, r1) comes before (p2, r2) in dispatch order. */
+/* Whether key (p1, r1, i1) comes before (p2, r2, i2) in dispatch order. */
 static bool
-key_before(int p1, TimestampTz r1, int p2, TimestampTz r2)
+key_before(int p1, TimestampTz r1, int64 i1, int p2, TimestampTz r2, int64 i2)
 {
-	return p1 > p2 || (p1 == p2 && r1 < r2);
+	return p1 > p2 || (p1 == p2 && (r1 < r2 || (r1 == r2 && i1 < i2)));
 }
 
-/* Whether key (p, r) comes before the cursor c. */
+/* Whether key (p, r, i) comes before the cursor c. */
 static bool
-before(int p, TimestampTz r, const Cursor *c)
+before(int p, TimestampTz r, int64 i, const Cursor *c)
 {
-	return key_before(p, r, c->priority, c->run_at);
+	return key_before(p, r, i, c->priority, c->run_at, c->id);
+}
+
+/* Move cursor c back to (p, r, i) if that comes before it. */
+static void
+move_back(Cursor *c, int p, TimestampTz r, int64 i)
+{
+	if (before(p, r, i, c))
+	{
+		c->priority = p;
+		c->run_at = r;
+		c->id = i;
+	}
 }
 
 /* Drop cursor i (order does not matter). */
@@ -160,11 +177,7 @@ apply_rewind(const TaskqRewind *rw)
 			drop(i);
 		else
 		{
-			if (before(rw->priority, rw->run_at, c))
-			{
-				c->priority = rw->priority;
-				c->run_at = rw->run_at;
-			}
+			move_back(c, rw->priority, rw->run_at, 0);
 			i++;
 		}
 	}
@@ -181,6 +194,18 @@ rewind_due(const char *queue, int priority, TimestampTz run_at)
 }
 
 /*
+ * Drop every cursor and the known queues: the next claim reads every
+ * queue from its start.  For a dispatcher woken by the clock rather than
+ * a commit: a task that COMMIT PREPARED made claimable rewinds nothing.
+ */
+void
+taskq_cursors_forget(void)
+{
+	ncursors = 0;
+	known_valid = false;
+}
+
+/*
  * Before a claim's snapshot: take our slot's rewinds and, every
  * CURSOR_RESCAN_MS, drop every cursor.
  */
@@ -193,8 +218,7 @@ taskq_cursors_take_rewinds(TaskqSlot *slot)
 	taskq_take_rewind(slot, &rw);
 	if (TimestampDifferenceExceeds(dropped_at, now, CURSOR_RESCAN_MS))
 	{
-		ncursors = 0;
-		known_valid = false;
+		taskq_cursors_forget();
 		dropped_at = now;
 	}
 	apply_rewind(&rw);
@@ -255,10 +279,13 @@ taskq_cursors_prepare(TaskqServed *served)
 	Datum	   *queues = palloc(sizeof(Datum) * Max(ncursors, 1));
 	Datum	   *priorities = palloc(sizeof(Datum) * Max(ncursors, 1));
 	Datum	   *run_ats = palloc(sizeof(Datum) * Max(ncursors, 1));
+	Datum	   *ids = palloc(sizeof(Datum) * Max(ncursors, 1));
 	TimestampTz now = GetCurrentTransactionStartTimestamp();
 	int			i;
 
-	taskq_outbox_due_since(last_claim_at, rewind_due);
+	/* nothing to move back: every queue is read, and listed, from its start */
+	if (ncursors > 0 || known_valid)
+		taskq_outbox_due_since(last_claim_at, rewind_due);
 	this_claim_at = now;
 	serve_known(served);
 	for (i = 0; i < ncursors; i++)
@@ -266,6 +293,7 @@ taskq_cursors_prepare(TaskqServed *served)
 		queues[i] = CStringGetTextDatum(cursors[i].queue);
 		priorities[i] = Int32GetDatum(cursors[i].priority);
 		run_ats[i] = TimestampTzGetDatum(cursors[i].run_at);
+		ids[i] = Int64GetDatum(cursors[i].id);
 	}
 	served->cursor_queues = PointerGetDatum(construct_array(queues, ncursors, TEXTOID,
 															-1, false, TYPALIGN_INT));
@@ -273,6 +301,8 @@ taskq_cursors_prepare(TaskqServed *served)
 																4, true, TYPALIGN_INT));
 	served->cursor_run_ats = PointerGetDatum(construct_array(run_ats, ncursors, TIMESTAMPTZOID,
 															 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	served->cursor_ids = PointerGetDatum(construct_array(ids, ncursors, INT8OID,
+														 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }
 
 /* queue's cursor, made (without a key) if it has none and there is room. */
@@ -289,17 +319,21 @@ cursor_of(const char *queue)
 	strlcpy(cursors[ncursors].queue, queue, sizeof(cursors[ncursors].queue));
 	cursors[ncursors].hash = taskq_queue_hash(queue);
 	cursors[ncursors].priority = TASKQ_REWIND_ALL;
+	cursors[ncursors].id = 0;
 	return &cursors[ncursors++];
 }
 
 /*
  * After the plain claim that taskq_cursors_prepare() prepared committed,
  * having taken tasks[0..n): each queue's cursor becomes the last key it
- * took there.  Everything before that key is claimed, locked by another
- * claim, or not claimable yet (and rewinds when it becomes so).  A queue
- * that gave nothing keeps its cursor.  The next claim looks for delayed
- * tasks that became due from this claim's now() on; a claim that failed
- * never gets here, and the next looks from the one before.
+ * took there, or its first candidate that the claim found locked (by
+ * another dispatcher, or by a session that has a queued task locked for
+ * a while: a parent gaining a child, a retry() that changes nothing), if
+ * that comes first.  Everything before is claimed or not claimable yet
+ * (and rewinds when it becomes so).  A queue that gave nothing keeps its
+ * cursor.  The next claim looks for delayed tasks that became due from
+ * this claim's now() on; a claim that failed never gets here, and the
+ * next looks from the one before.
  */
 void
 taskq_cursors_advance(const TaskqTask *tasks, int n)
@@ -317,12 +351,19 @@ taskq_cursors_advance(const TaskqTask *tasks, int n)
 		if (c == NULL)
 			continue;
 		at = (int) (c - cursors);
-		if (!seen[at] ||
-			key_before(c->priority, c->run_at, tasks[i].priority, tasks[i].run_at))
+		if (!seen[at] || !before(tasks[i].priority, tasks[i].run_at, tasks[i].id, c))
 		{
 			c->priority = tasks[i].priority;
 			c->run_at = tasks[i].run_at;
+			c->id = tasks[i].id;
 		}
 		seen[at] = true;
+	}
+	for (i = 0; i < n; i++)
+	{
+		Cursor	   *c = tasks[i].skipped ? cursor_of(tasks[i].queue) : NULL;
+
+		if (c != NULL)
+			move_back(c, tasks[i].skip_priority, tasks[i].skip_run_at, tasks[i].skip_id);
 	}
 }

@@ -1100,6 +1100,8 @@ void
 taskq_dispatcher_main(Datum arg)
 {
 	TimestampTz next_work = 0;
+	bool		latched = false;
+	bool		polled = false; /* next_work is taskq.poll_interval's */
 
 	my_slotno = DatumGetInt32(arg);
 	my_slot = taskq_slot(my_slotno);
@@ -1163,12 +1165,21 @@ taskq_dispatcher_main(Datum arg)
 		{
 			TimestampTz due = DT_NOEND;
 
+			/*
+			 * Woken by taskq.poll_interval, not a commit or a due time:
+			 * claim from the start, for tasks whose commit said nothing
+			 * (COMMIT PREPARED).
+			 */
+			if (polled && !latched)
+				taskq_cursors_forget();
+			latched = false;
 			if (taskq_enabled)
 				due = work();
 			else
 				set_state(TASKQ_STATE_DISABLED);
 			now = GetCurrentTimestamp();
 			next_work = TimestampTzPlusMilliseconds(now, taskq_poll_interval);
+			polled = due >= next_work;
 			if (due < next_work)
 				next_work = due;
 		}
@@ -1179,6 +1190,9 @@ taskq_dispatcher_main(Datum arg)
 		ResetLatch(MyLatch);
 		between_batches();
 		if (rc & WL_LATCH_SET)
+		{
 			next_work = 0;		/* a commit woke us: look now */
+			latched = true;
+		}
 	}
 }

@@ -85,11 +85,11 @@ may_see_owner(bool all, Oid owner)
 }
 
 /*
- * The columns of taskq._workers(): 0.2 added executor, the last one.  A
- * database still at 0.1 declares one fewer; tuplestore_putvalues() takes
- * only the columns the declared row has.
+ * The columns of taskq._workers(): 0.2 added executor and wakeups, the
+ * last ones.  A database still at 0.1 declares two fewer;
+ * tuplestore_putvalues() takes only the columns the declared row has.
  */
-#define WORKER_COLUMNS	14
+#define WORKER_COLUMNS	15
 
 /*
  * taskq._workers(): the launcher, then one row per live dispatcher.
@@ -106,6 +106,7 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 				n = 0;
 	pid_t		launcher = taskq_launcher_pid();
 	TaskqSlot  *copy;
+	uint64	   *wakeups;		/* atomics are read in place, not copied */
 	bool		all = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
 
 	taskq_materialize(fcinfo, &store, &desc);
@@ -128,11 +129,15 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 
 	/* copy under the lock; look names up after releasing it */
 	copy = palloc(sizeof(TaskqSlot) * taskq_slot_count());
+	wakeups = palloc(sizeof(uint64) * taskq_slot_count());
 	LWLockAcquire(taskq_lock(), LW_SHARED);
 	for (i = 0; i < taskq_slot_count(); i++)
 	{
 		if (taskq_slot(i)->in_use && taskq_slot(i)->pid != 0)
+		{
+			wakeups[n] = pg_atomic_read_u64(&taskq_slot(i)->wakeups);
 			copy[n++] = *taskq_slot(i);
+		}
 	}
 	LWLockRelease(taskq_lock());
 
@@ -164,6 +169,7 @@ taskq_list_workers(PG_FUNCTION_ARGS)
 		values[12] = TimestampTzGetDatum(s->last_error_at);
 		nulls[12] = s->last_error[0] == '\0';
 		values[13] = CStringGetTextDatum(s->executor);
+		values[14] = Int64GetDatum((int64) wakeups[i]);
 		tuplestore_putvalues(store, desc, values, nulls);
 	}
 	return (Datum) 0;

@@ -189,6 +189,24 @@ decode_task(HeapTuple tup, TupleDesc desc, const TaskColumns *c, TaskqTask *t)
 	t->expired = DatumGetBool(value_not_null(tup, desc, c->expired));
 }
 
+/*
+ * The plain claim's skip_* columns of a claimed task: its queue's first
+ * candidate left to another claim (CLAIM_SQL_SKIPPED_COLUMNS), if any.
+ */
+static void
+decode_skipped(HeapTuple tup, TupleDesc desc, TaskqTask *t)
+{
+	bool		isnull;
+	Datum		p = value_of(tup, desc, column(desc, "skip_priority"), &isnull);
+
+	t->skipped = !isnull;
+	if (!t->skipped)
+		return;
+	t->skip_priority = DatumGetInt32(p);
+	t->skip_run_at = DatumGetTimestampTz(value_not_null(tup, desc, column(desc, "skip_run_at")));
+	t->skip_id = DatumGetInt64(value_not_null(tup, desc, column(desc, "skip_id")));
+}
+
 /* The elements of a one-dimensional array datum. */
 static int
 array_length_of(Datum array)
@@ -296,7 +314,8 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
  * claimant's status, a SQL expression ('running' for a dispatcher,
  * 'dispatched' for an external worker), with $1 as the pid to record and
  * set_more's further ", column = value" assignments; 'expired' instead
- * when past expires_at.  One text for every claimant.
+ * when past expires_at; the last %s adds returned columns.  One text for
+ * every claimant.
  */
 #define CLAIM_SQL_SET \
 	" UPDATE taskq.tasks t SET" \
@@ -309,7 +328,7 @@ taskq_outbox_claim_queue(const char *queue, int max_tasks, int share, Datum skip
 	" RETURNING t.id, t.handler, t.queue, t.priority, t.attempts, t.max_attempts," \
 	"  pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8 AS timeout_ms," \
 	"  t.owner::pg_catalog.oid AS owner, t.run_at, t.payload, t.metadata, t.lease_until," \
-	"  t.status OPERATOR(pg_catalog.=) 'expired' AS expired"
+	"  t.status OPERATOR(pg_catalog.=) 'expired' AS expired%s"
 
 /*
  * An external worker's claim (external.c): due tasks of one queue in
@@ -337,7 +356,7 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 					   const char *set_more)
 {
 	return psprintf(CLAIM_SQL_HEAD "%s" CLAIM_SQL_TAIL CLAIM_SQL_SET,
-					filter, limit, status, set_more, "c");
+					filter, limit, status, set_more, "c", "");
 }
 
 /*
@@ -367,16 +386,19 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
  * generic plan guess a tenth of the table and hash-join the UPDATE with a
  * sequential scan of taskq.tasks, every batch (a drain of 1,400 tasks/s).
  */
-#define CLAIM_SQL_SERVED \
+/* The skip scan: each queue with a queued task; first may add a condition. */
+#define QUEUED_QUEUES_SQL(first) \
 	"WITH RECURSIVE queued(queue) AS (" \
-	"  (SELECT t.queue FROM taskq.tasks t WHERE $2 IS NULL" \
-	"     AND t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
+	"  (SELECT t.queue FROM taskq.tasks t WHERE " first \
+	"     t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
 	"   ORDER BY t.queue LIMIT 1)" \
 	"  UNION ALL" \
 	"  SELECT (SELECT t.queue FROM taskq.tasks t" \
 	"          WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external" \
 	"            AND t.queue OPERATOR(pg_catalog.>) q.queue ORDER BY t.queue LIMIT 1)" \
-	"  FROM queued q WHERE q.queue IS NOT NULL)," \
+	"  FROM queued q WHERE q.queue IS NOT NULL)"
+#define CLAIM_SQL_SERVED \
+	QUEUED_QUEUES_SQL("$2 IS NULL AND") "," \
 	" served(queue) AS (" \
 	"  SELECT s.queue FROM (SELECT x.queue FROM pg_catalog.unnest($2::pg_catalog.text[]) AS x(queue)" \
 	"                      WHERE x.queue OPERATOR(pg_catalog.<>) ALL ($3)" \
@@ -387,22 +409,23 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 
 /*
  * Each served queue's claim cursor (cursors.c) as the key its claim reads
- * from: $6, $7 and $8 are the cursors' queues, priorities and run_at; a
+ * from: $6 to $9 are the cursors' queues, priorities, run_at and ids; a
  * queue without one reads from its start (priority TASKQ_REWIND_ALL).
  */
 #define CLAIM_SQL_BOUNDS \
 	" bounds AS (" \
 	"  SELECT s.queue, COALESCE(c.p, 2147483647) AS bp," \
-	"   COALESCE(c.r, '-infinity'::pg_catalog.timestamptz) AS br" \
+	"   COALESCE(c.r, '-infinity'::pg_catalog.timestamptz) AS br, COALESCE(c.i, 0) AS bi" \
 	"  FROM served s LEFT JOIN ROWS FROM (pg_catalog.unnest($6::pg_catalog.text[])," \
-	"   pg_catalog.unnest($7::pg_catalog.int4[]), pg_catalog.unnest($8::pg_catalog.timestamptz[]))" \
-	"   AS c(queue, p, r) ON c.queue OPERATOR(pg_catalog.=) s.queue),"
+	"   pg_catalog.unnest($7::pg_catalog.int4[]), pg_catalog.unnest($8::pg_catalog.timestamptz[])," \
+	"   pg_catalog.unnest($9::pg_catalog.int8[]))" \
+	"   AS c(queue, p, r, i) ON c.queue OPERATOR(pg_catalog.=) s.queue),"
 
 /*
  * One queue's due tasks of enabled handlers in dispatch order from its
  * bound b, read from tasks_queue_idx, where a queue that the plain claim
  * serves (no limits, no group keys) is (queue, NULL): the bound's
- * priority from its run_at, then every lower priority.  Two range scans,
+ * priority from its (run_at, id), then every lower priority.  Two range scans,
  * the second read only if the first gives too few: one condition
  * "(priority, run_at) after the bound" would be no index range, the
  * priority being descending.  The first %s is what is selected, the
@@ -416,7 +439,7 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 	"   AND t.run_at OPERATOR(pg_catalog.<=) pg_catalog.now()%s AND " range \
 	" ORDER BY " TASKQ_SQL_UNGROUPED_ORDER " %s"
 #define CLAIM_SQL_AT_BOUND \
-	CLAIM_SQL_DUE("t.priority OPERATOR(pg_catalog.=) b.bp AND t.run_at OPERATOR(pg_catalog.>=) b.br")
+	CLAIM_SQL_DUE("t.priority OPERATOR(pg_catalog.=) b.bp AND (t.run_at, t.id) OPERATOR(pg_catalog.>=) (b.br, b.bi)")
 #define CLAIM_SQL_BELOW_BOUND \
 	CLAIM_SQL_DUE("t.priority OPERATOR(pg_catalog.<) b.bp")
 
@@ -432,7 +455,20 @@ taskq_outbox_claim_sql(const char *filter, const char *limit, const char *status
 	" locked AS (" \
 	"  SELECT l.id FROM shares s JOIN bounds b ON b.queue OPERATOR(pg_catalog.=) s.queue, LATERAL (" \
 	"   SELECT a.id FROM (" CLAIM_SQL_AT_BOUND ") a" \
-	"   UNION ALL SELECT z.id FROM (" CLAIM_SQL_BELOW_BOUND ") z LIMIT s.n) l LIMIT %d)"
+	"   UNION ALL SELECT z.id FROM (" CLAIM_SQL_BELOW_BOUND ") z LIMIT s.n) l LIMIT %d)," \
+	" skipped AS (" \
+	"  SELECT DISTINCT ON (x.queue) x.queue, x.priority, x.run_at, x.id FROM candidates x" \
+	"  WHERE NOT EXISTS (SELECT FROM locked l WHERE l.id OPERATOR(pg_catalog.=) x.id)" \
+	"  ORDER BY x.queue, x.priority DESC, x.run_at, x.id)"
+
+/*
+ * Per claimed task, its queue's first candidate that the claim did not
+ * lock (someone else held it): where the queue's cursor must stop.
+ */
+#define CLAIM_SQL_SKIPPED_COLUMNS \
+	", (SELECT k.priority FROM skipped k WHERE k.queue OPERATOR(pg_catalog.=) t.queue) AS skip_priority" \
+	", (SELECT k.run_at FROM skipped k WHERE k.queue OPERATOR(pg_catalog.=) t.queue) AS skip_run_at" \
+	", (SELECT k.id FROM skipped k WHERE k.queue OPERATOR(pg_catalog.=) t.queue) AS skip_id"
 
 
 /*
@@ -451,8 +487,8 @@ static int	claim_plans_batch = 0;
 static SPIPlanPtr
 claim_statement(int batch_size, bool excluding)
 {
-	Oid			types[8] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-	TEXTARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID};
+	Oid			types[9] = {INT4OID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID};
 	const char *filter = excluding ? HANDLER_FILTER : "";
 	SPIPlanPtr *cache = excluding ? &claim_excluding_plan : &claim_plan;
 	char	   *limit = psprintf("LIMIT %d", batch_size);
@@ -465,9 +501,9 @@ claim_statement(int batch_size, bool excluding)
 				   "t.id, t.priority, t.run_at", filter, limit,
 				   "t.id, t.priority, t.run_at", filter, limit, batch_size, batch_size,
 				   "t.id", filter, lock, "t.id", filter, lock, batch_size,
-				   "'running'", "", "locked");
-	return excluding ? taskq_prepare_custom(cache, sql, 8, types) :
-		taskq_prepare_generic(cache, sql, 8, types);
+				   "'running'", "", "locked", CLAIM_SQL_SKIPPED_COLUMNS);
+	return excluding ? taskq_prepare_custom(cache, sql, 9, types) :
+		taskq_prepare_generic(cache, sql, 9, types);
 }
 
 /*
@@ -536,8 +572,8 @@ int
 taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 				   MemoryContext cxt, TaskqTask **tasks)
 {
-	Datum		values[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	TaskColumns cols;
 	MemoryContext old;
 	uint64		i;
@@ -555,6 +591,7 @@ taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 	values[5] = served->cursor_queues;
 	values[6] = served->cursor_priorities;
 	values[7] = served->cursor_run_ats;
+	values[8] = served->cursor_ids;
 	execute(claim_statement(served->batch_size, array_length_of(ex->handlers) > 0),
 			values, nulls, false, 0, SPI_OK_UPDATE_RETURNING, "claiming tasks");
 
@@ -563,7 +600,10 @@ taskq_outbox_claim(const TaskqServed *served, const TaskqExclusions *ex,
 	old = MemoryContextSwitchTo(cxt);
 	*tasks = palloc0(sizeof(TaskqTask) * Max(served->batch_size, 1));
 	for (i = 0; i < SPI_processed; i++)
+	{
 		decode_task(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &cols, &(*tasks)[i]);
+		decode_skipped(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, &(*tasks)[i]);
+	}
 	MemoryContextSwitchTo(old);
 	return n;
 }
@@ -615,15 +655,7 @@ taskq_outbox_next_due(TimestampTz *lease)
 static Statement queued_queues_stmt = {
 	.what = "listing the queues with queued tasks", .expect = SPI_OK_SELECT,
 	.nargs = 1, .types = {TEXTARRAYOID},
-	.sql = "WITH RECURSIVE queued(queue) AS ("
-	"  (SELECT t.queue FROM taskq.tasks t"
-	"   WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external"
-	"   ORDER BY t.queue LIMIT 1)"
-	"  UNION ALL"
-	"  SELECT (SELECT t.queue FROM taskq.tasks t"
-	"          WHERE t.status OPERATOR(pg_catalog.=) 'queued' AND NOT t.external"
-	"            AND t.queue OPERATOR(pg_catalog.>) q.queue ORDER BY t.queue LIMIT 1)"
-	"  FROM queued q WHERE q.queue IS NOT NULL)"
+	.sql = QUEUED_QUEUES_SQL("")
 	" SELECT q.queue FROM queued q WHERE q.queue IS NOT NULL"
 	"   AND q.queue OPERATOR(pg_catalog.<>) ALL ($1)"
 };

@@ -373,6 +373,7 @@ shmem_startup(void)
 		for (i = 0; i < shared->nslots; i++)
 		{
 			pg_atomic_init_u32(&shared->slots[i].wake_pending, 0);
+			pg_atomic_init_u64(&shared->slots[i].wakeups, 0);
 			SpinLockInit(&shared->slots[i].rewind_mutex);
 		}
 		pg_atomic_init_u64(&shared->dispatcher_exits, 0);
@@ -703,6 +704,7 @@ taskq_wake_dispatchers(Oid dboid, int ntasks)
 			woken[pool]++;
 		}
 		pg_atomic_write_u32(&slot->wake_pending, 1);
+		pg_atomic_fetch_add_u64(&slot->wakeups, 1);
 		SetLatch(&ProcGlobal->allProcs[procno].procLatch);
 	}
 }

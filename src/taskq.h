@@ -207,6 +207,7 @@ typedef struct TaskqSlot
 	int64		current_task;	/* 0 when no handler is running */
 	Oid			current_owner;	/* the role that enqueued current_task */
 	pg_atomic_uint32 wake_pending;	/* a commit woke it since its last claim */
+	pg_atomic_uint64 wakeups;	/* commits (and dispatchers) that woke it */
 	TimestampTz task_started_at;
 	TimestampTz task_deadline;	/* the launcher stops a handler still running then */
 	bool		task_cancelled; /* task_deadline is a cancel's, not the timeout's */
@@ -364,6 +365,11 @@ typedef struct TaskqTask
 	Datum		payload;		/* jsonb, in the batch context */
 	Datum		metadata;		/* jsonb or 0 */
 	bool		expired;		/* claimed only to be marked expired */
+	/* the plain claim's first candidate of this queue it left (cursors.c) */
+	bool		skipped;
+	int			skip_priority;
+	TimestampTz skip_run_at;
+	int64		skip_id;
 } TaskqTask;
 
 /* ----------------------------------------------------------------
@@ -414,8 +420,10 @@ typedef struct TaskqServed
 	Datum		cursor_queues;
 	Datum		cursor_priorities;
 	Datum		cursor_run_ats;
+	Datum		cursor_ids;		/* int8[] */
 } TaskqServed;
 
+extern void taskq_cursors_forget(void);
 extern void taskq_cursors_take_rewinds(TaskqSlot *slot);
 extern void taskq_cursors_prepare(TaskqServed *served);
 extern void taskq_cursors_advance(const TaskqTask *tasks, int n);
