@@ -48,27 +48,21 @@ sub wait_task_status
 	return 0;
 }
 
-# How many of 20 looks, 50 ms apart, found a dispatcher of database $db
-# holding an xmin, an xid or an open transaction.  An idle dispatcher
-# still wakes for its maintenance and next-due read (a few milliseconds),
-# so a look may catch one; one that kept a snapshot or a transaction
-# between batches shows in every look.
+# Whether the dispatchers of database $db fail to reach a moment at which
+# none of them holds an xmin, an xid or an open transaction: 0 once they
+# all do (polled), 1 if they never do.  An idle dispatcher still wakes for
+# its maintenance and next-due read (a few milliseconds); one that kept a
+# snapshot or a transaction between batches never gets there.
 sub idle_dispatchers_holding
 {
 	my ($node, $db) = @_;
-	my $holding = 0;
-	for (1 .. 20)
-	{
-		$holding++
-		  if $node->safe_psql($db,
-			qq{SELECT count(*) FROM pg_stat_activity
-               WHERE backend_type = 'taskq dispatcher' AND datname = '$db'
-                 AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL
-                      OR xact_start IS NOT NULL OR state <> 'idle')}) ne '0';
-		select(undef, undef, undef, 0.05);
-	}
-	note "a dispatcher of $db held an xmin or a transaction in $holding of 20 looks";
-	return $holding;
+	my $reached = $node->poll_query_until($db,
+		qq{SELECT count(*) = 0 FROM pg_stat_activity
+           WHERE backend_type = 'taskq dispatcher' AND datname = '$db'
+             AND (backend_xmin IS NOT NULL OR backend_xid IS NOT NULL
+                  OR xact_start IS NOT NULL OR state <> 'idle')});
+	note "the dispatchers of $db " . ($reached ? 'were all seen idle holding nothing' : 'kept holding');
+	return $reached ? 0 : 1;
 }
 
 1;

@@ -144,22 +144,16 @@ isnt($ret, 0, 'enqueue() before the update fails');
 like($err, qr/taskq's SQL objects in this database are at version 0\.1, but the loaded library is 0\.2/,
 	'naming both versions');
 like($err, qr/HINT:  Run ALTER EXTENSION taskq UPDATE/, 'with the command to run');
-# The launcher starts the waiting dispatchers again every 10 s: poll the
-# log until dispatcher 0 of database postgres has started three times (the
-# first start and two retries, each of which found the version wrong again),
-# at most 60 s, then the line must still be there only once.
+# The launcher starts the waiting dispatchers again every 10 s: wait for
+# the log to show dispatcher 0 of database postgres started three times
+# (the first start and two retries, each of which found the version wrong
+# again), then the line must still be there only once.
 my $postgres_oid = sql(q{SELECT oid FROM pg_database WHERE datname = 'postgres'});
-my $since_start;
-my $starts = 0;
-my $poll_until = time() + 60;
-while (time() < $poll_until)
-{
-	$since_start = substr(slurp_file($node->logfile), $log_offset);
-	$starts = () = $since_start =~
-	  /starting background worker process "taskq dispatcher default\/0 for database $postgres_oid"/g;
-	last if $starts >= 3;
-	select(undef, undef, undef, 0.2);
-}
+my $start_line =
+  qr/starting background worker process "taskq dispatcher default\/0 for database $postgres_oid"/;
+$node->wait_for_log(qr/(?s:.*?$start_line){3}/, $log_offset);
+my $since_start = substr(slurp_file($node->logfile), $log_offset);
+my $starts = () = $since_start =~ /$start_line/g;
 ok($starts >= 3, "the launcher retried the waiting dispatcher at least twice ($starts starts)");
 is( () = $since_start =~ /is at version 0\.1, but the installed library/g,
 	1, 'the line is logged once, over two retries');
