@@ -10,6 +10,7 @@ OBJS = \
 	src/shmem.o \
 	src/outbox.o \
 	src/cursors.o \
+	src/limited.o \
 	src/enqueue.o \
 	src/handlers.o \
 	src/tasks.o \

@@ -176,10 +176,10 @@ SELECT taskq.enqueue('lim_fn', '{"tag": "x-low"}', queue => 'lim_f', group_key =
 SELECT pg_temp.claim('lim_f', 10) AS priority_first;
 SELECT pg_temp.done('lim_f');
 
--- groups with nothing due do not hold the others up: the cursor moves past them
+-- groups with nothing due do not hold the others up: the claim steps over them
 SELECT taskq.enqueue('lim_fn', '{"tag": "a-later"}', queue => 'lim_s', group_key => 'a', run_after => '1 h'),
        taskq.enqueue('lim_fn', '{"tag": "b-now"}', queue => 'lim_s', group_key => 'b') \gset
-SELECT pg_temp.claim('lim_s', 1) AS looks_at_a, pg_temp.claim('lim_s', 1) AS then_b;
+SELECT pg_temp.claim('lim_s', 1) AS steps_over_a, pg_temp.claim('lim_s', 1) AS then_none_due;
 
 -- group_concurrency 1: one running task per group, the tasks without a key included
 SELECT taskq.set_queue('lim_gc', group_concurrency => 1);
@@ -216,6 +216,27 @@ SELECT taskq.enqueue('lim_fn', '{"tag": "old"}', queue => 'lim_a', priority => -
 UPDATE taskq.tasks SET run_at = now() - interval '150 s' WHERE id = :old_id;
 SELECT pg_temp.claim('lim_a', 10) AS by_stored_priority;
 SELECT pg_temp.done('lim_a');
+
+-- aging in a grouped queue: within and across groups by effective priority
+SELECT taskq.set_queue('lim_ga', aging => '1 s');
+SELECT taskq.enqueue('lim_fn', '{"tag": "a-old"}', queue => 'lim_ga', group_key => 'a', priority => -100) AS old_id,
+       taskq.enqueue('lim_fn', '{"tag": "a-new"}', queue => 'lim_ga', group_key => 'a'),
+       taskq.enqueue('lim_fn', '{"tag": "b-new"}', queue => 'lim_ga', group_key => 'b', priority => -1) \gset
+UPDATE taskq.tasks SET run_at = now() - interval '150 s' WHERE id = :old_id;
+SELECT pg_temp.claim('lim_ga', 10) AS by_effective_priority;
+SELECT pg_temp.done('lim_ga');
+
+-- one task from as many groups as the claim has places; the next claim
+-- goes on after the group served last, wrapping round to the first
+SELECT count(*) FROM (SELECT taskq.enqueue('lim_fn', jsonb_build_object('tag', g || i), queue => 'lim_w', group_key => g)
+                      FROM unnest(ARRAY['a', 'b', 'c', 'd', 'e']) g, generate_series(1, 2) i) e;
+SELECT pg_temp.claim('lim_w', 3) AS first, pg_temp.claim('lim_w', 3) AS wraps_round;
+-- a skipped handler's tasks are not claimed (a dispatcher skips disabled handlers)
+SELECT count(*) AS skipped FROM taskq._claim_queue('lim_w', 10, 1, pg_backend_pid(), ARRAY['lim_fn']);
+SELECT pg_temp.claim('lim_w', 10) AS rest;
+SELECT pg_temp.done('lim_w');
+-- NULL arguments claim nothing (the function is strict)
+SELECT count(*) AS null_queue FROM taskq._claim_queue(NULL, 10, 1, pg_backend_pid(), '{}');
 
 ------------------------------------------------------------------------
 -- explain

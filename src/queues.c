@@ -8,8 +8,8 @@
  * all of them at once (NULL: no limit) and keeps paused; it writes in the
  * caller's transaction, so the limits take effect at its commit, when the
  * dispatchers are woken to look again.  The claim that enforces them is
- * the SQL function taskq._claim_queue() (see taskq--0.1--0.2.sql), which
- * external claims can call as dispatchers do.
+ * taskq._claim_queue() (src/limited.c), which external claims call as
+ * dispatchers do.
  *
  * Who may call it: as pause() and resume(), superusers and the roles they
  * grant EXECUTE; it runs as the owner of taskq.tasks.
