@@ -31,6 +31,11 @@ from psycopg.types.json import Jsonb
 
 __all__ = ["Task", "Retry", "Worker", "listen_notify"]
 
+# How long a finished task's outcome may wait for others to share its
+# ack_many (seconds).  A worker acked and claimed again after every task
+# that finished, so a fast handler cost two round trips per task.
+ACK_DELAY = 0.005
+
 
 @dataclass
 class Task:
@@ -74,6 +79,10 @@ class Worker:
     exception nacks the attempt with its text (``Retry`` sets the delay).
     Up to ``batch_size`` tasks are claimed per call (default:
     ``concurrency``); at most max(concurrency, batch_size) are held at once.
+    Once held tasks run, more are claimed when half a batch has room (or
+    none are held), and outcomes are acknowledged together, at most
+    ``ACK_DELAY`` seconds after the first of them (at once when nothing
+    else is held or half a batch is done).
     Leases last ``lease`` seconds and are renewed every lease/3 while
     tasks are held.  ``run()`` returns after ``stop()`` or SIGTERM/SIGINT:
     no new claims, in-flight tasks get ``shutdown_timeout`` seconds
@@ -104,6 +113,7 @@ class Worker:
         self.lost = 0              # tasks whose lease was gone at ack/heartbeat
         self._stopping = threading.Event()
         self._done: "queue_mod.Queue[tuple]" = queue_mod.Queue()
+        self._done_since: Optional[float] = None   # oldest outcome not yet acked
         self._inflight: dict = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -151,10 +161,12 @@ class Worker:
         next_beat = time.monotonic() + self.lease.total_seconds() / 3
         deadline = None
         while True:
-            self._finish(conn)
+            if self._ack_due():
+                self._finish(conn)
             if self._stopping.is_set():
                 if deadline is None:
                     deadline = time.monotonic() + self.shutdown_timeout
+                self._finish(conn)
                 if not self._inflight:
                     return
                 if time.monotonic() >= deadline:
@@ -164,19 +176,36 @@ class Worker:
                 self._heartbeat(conn)
                 next_beat = time.monotonic() + self.lease.total_seconds() / 3
             free = self.capacity - len(self._inflight)
-            if free > 0 and not self._stopping.is_set():
+            if self._claim_due(free):
                 if self._claim(conn, pool, min(free, self.batch_size)):
                     continue
             timeout = self.poll
             if self._inflight:
                 timeout = min(timeout, max(0.0, next_beat - time.monotonic()))
+            if self._done_since is not None:
+                timeout = min(timeout, max(0.0, self._done_since + ACK_DELAY - time.monotonic()))
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
             self._wait(listen, timeout)
 
+    def _ack_due(self) -> bool:
+        """Whether the outcomes waiting should be acknowledged now."""
+        done = self._done.qsize()
+        if done == 0:
+            return False
+        return (done >= len(self._inflight) or done >= max(1, self.batch_size // 2)
+                or self._done_since is None
+                or time.monotonic() >= self._done_since + ACK_DELAY)
+
+    def _claim_due(self, free: int) -> bool:
+        """Whether to claim now: room for half a batch, or nothing held."""
+        if free <= 0 or self._stopping.is_set():
+            return False
+        return not self._inflight or free >= max(1, self.batch_size // 2)
+
     def _wait(self, listen, timeout: float) -> None:
         """Sleep until a notification, a finished task, stop(), or timeout."""
-        if not self._done.empty():
+        if self._ack_due():
             return
         try:
             ready, _, _ = select.select([listen.fileno(), self._wake_r], [], [], timeout)
@@ -208,14 +237,22 @@ class Worker:
         """In a pool thread: run the handler, hand the outcome to run()."""
         try:
             result = self.handler_fn(task)
-            self._done.put((task, True, result, None))
+            outcome = (task, True, result, None)
         except BaseException as exc:   # noqa: BLE001 - every failure nacks
-            self._done.put((task, False, _error_text(exc), _retry_in(exc)))
-        self._poke()
+            outcome = (task, False, _error_text(exc), _retry_in(exc))
+        first = self._done_since is None
+        if first:
+            self._done_since = time.monotonic()
+        self._done.put(outcome)
+        # run() sleeps until the first outcome's ACK_DELAY, or until the
+        # ack is due: waking it for every task cost a thread switch each
+        if first or self._ack_due():
+            self._poke()
 
     def _finish(self, conn) -> None:
         """Ack the successes (ack_many for those without a result), nack the rest."""
         plain, outcomes = [], []
+        self._done_since = None
         while True:
             try:
                 outcomes.append(self._done.get_nowait())

@@ -76,6 +76,20 @@ class WorkerTest(unittest.TestCase):
             poll(lambda: statuses("py_basic").get("completed") == 20)
         self.assertEqual(sorted(seen), list(range(1, 21)))
 
+    def test_outcomes_acked_together_and_promptly(self):
+        # Outcomes wait at most ACK_DELAY to share an ack_many, and a
+        # claim waits for half a batch of room; neither waits for the poll
+        # (30 s here) or the next heartbeat (20 s): 30 tasks of 50 ms, one
+        # thread, batches of 10, done in about 2 s.
+        self.register("py_ack", "py_ack_q")
+        worker = taskq_worker.Worker(DSN, "py_ack_q", lambda t: time.sleep(0.05), concurrency=1,
+                                     batch_size=10, lease=60.0, poll=30.0)
+        with Background(worker):
+            sql("SELECT taskq.enqueue_many('py_ack', ARRAY(SELECT jsonb_build_object('n', i)"
+                " FROM generate_series(1, 30) i))")
+            poll(lambda: statuses("py_ack").get("completed") == 30, seconds=10.0)
+        self.assertEqual(worker.processed, 30)
+
     def test_result_and_exception(self):
         # A result is stored; an exception nacks with its text.
         self.register("py_fail", "py_fail_q", max_attempts=1)

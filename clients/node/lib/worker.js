@@ -61,12 +61,22 @@ async function connect(connection) {
  * undefined/null) is stored as the task's result, a rejection nacks the
  * attempt with its text (Retry sets the delay).  Up to `concurrency`
  * handlers run at once; up to `batchSize` tasks (default: concurrency)
- * are claimed per call.  Leases last `lease` seconds and are renewed every
- * lease/3 while tasks are held.  run() resolves after stop() or, with
+ * are claimed per call.  Once tasks are held, more are claimed when half a
+ * batch has room (or none are held), and outcomes are acknowledged
+ * together, at most ACK_DELAY_MS after the first of them (at once when
+ * nothing else is held or half a batch is done).  Leases last `lease`
+ * seconds and are renewed every lease/3 while tasks are held.  run() resolves after stop() or, with
  * `signals` (default true), SIGTERM/SIGINT: no new claims, in-flight tasks
  * get `shutdownTimeout` seconds (default: the lease) to finish, the rest
  * are nacked so that they run again at once elsewhere.
  */
+/*
+ * How long a finished task's outcome may wait for others to share its
+ * ack_many.  A worker acked and claimed again after every task that
+ * finished, so a fast handler cost two round trips per task.
+ */
+const ACK_DELAY_MS = 5;
+
 class Worker {
   constructor(connection, queue, handler, options = {}) {
     const o = { concurrency: 1, lease: 30, poll: 5, signals: true, sessionLease: false, ...options };
@@ -92,6 +102,7 @@ class Worker {
     this.waiting = []; // claimed, not started (batchSize > concurrency)
     this.running = 0;
     this.done = []; // [task, ok, value, retryIn]
+    this.doneSince = null; // when the oldest outcome not yet acked came
     this.stopping = false;
     this.wakeup = null;
   }
@@ -141,9 +152,10 @@ class Worker {
     let nextBeat = Date.now() + (this.lease * 1000) / 3;
     let deadline = null;
     for (;;) {
-      await this.finish(conn);
+      if (this.ackDue()) await this.finish(conn);
       if (this.stopping) {
         if (deadline === null) deadline = Date.now() + this.shutdownTimeout * 1000;
+        await this.finish(conn);
         this.abandonWaiting();
         if (this.inflight.size === 0) return;
         if (Date.now() >= deadline) {
@@ -156,17 +168,32 @@ class Worker {
         nextBeat = Date.now() + (this.lease * 1000) / 3;
       }
       const free = this.capacity - this.inflight.size;
-      if (free > 0 && !this.stopping && (await this.claim(conn, Math.min(free, this.batchSize))) > 0) continue;
+      if (this.claimDue(free) && (await this.claim(conn, Math.min(free, this.batchSize))) > 0) continue;
       let timeout = this.poll * 1000;
       if (this.inflight.size > 0) timeout = Math.min(timeout, Math.max(0, nextBeat - Date.now()));
+      if (this.doneSince !== null) timeout = Math.min(timeout, Math.max(0, this.doneSince + ACK_DELAY_MS - Date.now()));
       if (deadline !== null) timeout = Math.min(timeout, Math.max(0, deadline - Date.now()));
       await this.wait(timeout);
     }
   }
 
+  /* Whether the outcomes waiting should be acknowledged now. */
+  ackDue() {
+    const n = this.done.length;
+    if (n === 0) return false;
+    return n >= this.inflight.size || n >= Math.max(1, Math.floor(this.batchSize / 2)) ||
+      this.doneSince === null || Date.now() >= this.doneSince + ACK_DELAY_MS;
+  }
+
+  /* Whether to claim now: room for half a batch, or nothing held. */
+  claimDue(free) {
+    if (free <= 0 || this.stopping) return false;
+    return this.inflight.size === 0 || free >= Math.max(1, Math.floor(this.batchSize / 2));
+  }
+
   /* Sleep until a notification, a finished task, stop(), or timeout ms. */
   wait(timeout) {
-    if (this.done.length > 0 || this.stopping && this.inflight.size === 0) return Promise.resolve();
+    if (this.ackDue() || this.stopping && this.inflight.size === 0) return Promise.resolve();
     return new Promise((resolve) => {
       const timer = setTimeout(() => this.wakeup(), timeout);
       this.wakeup = () => {
@@ -205,12 +232,15 @@ class Worker {
 
   /* Run one handler; its outcome goes to the loop, which records it. */
   async runOne(task) {
+    let outcome;
     try {
       const result = await this.handler(task);
-      this.done.push([task, true, result ?? null, null]);
+      outcome = [task, true, result ?? null, null];
     } catch (err) {
-      this.done.push([task, false, errorText(err), retryInterval(err)]);
+      outcome = [task, false, errorText(err), retryInterval(err)];
     }
+    if (this.doneSince === null) this.doneSince = Date.now();
+    this.done.push(outcome);
     this.running--;
     if (!this.stopping) this.startWaiting();
     this.poke();
@@ -219,6 +249,7 @@ class Worker {
   /* Ack the successes (ack_many for those without a result), nack the rest. */
   async finish(conn) {
     const outcomes = this.done.splice(0);
+    this.doneSince = null;
     const plain = [];
     for (const [task, ok, value, retryIn] of outcomes) {
       const id = task.id;
