@@ -135,7 +135,10 @@ DECLARE
     victim int := (SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer');
 BEGIN
     PERFORM pg_sleep(0.5);
-    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'kill -9 ' || victim);
+    -- the program reads what COPY writes before it kills: a kill that
+    -- exits first fails the COPY (broken pipe), and the handler's error,
+    -- not a crash, ends its attempt while the server resets around it
+    EXECUTE format('COPY (SELECT 1) TO PROGRAM %L', 'cat >/dev/null; kill -9 ' || victim);
     PERFORM pg_sleep(10);
 END $$;
 SELECT taskq.register_handler('kill_checkpointer', 'public.kill_checkpointer(jsonb)');
