@@ -108,8 +108,6 @@ SELECT taskq.set_queue('lim_c', concurrency => 3);
 SELECT count(*) FROM (SELECT taskq.enqueue('lim_fn', jsonb_build_object('tag', 'c' || i), queue => 'lim_c')
                       FROM generate_series(1, 8) i) e;
 SELECT pg_temp.claim('lim_c', 10) AS first, pg_temp.claim('lim_c', 10) AS second;
--- what a concurrency limit counts is marked (tasks_running_idx)
-SELECT count(*) FILTER (WHERE limited) AS counted FROM taskq.tasks WHERE queue = 'lim_c' AND status = 'running';
 -- running and dispatched tasks both count; ended ones free their place
 UPDATE taskq.tasks SET status = 'dispatched', lease_until = now() + interval '1 min'
 WHERE queue = 'lim_c' AND payload->>'tag' = 'c1';
@@ -236,9 +234,6 @@ SELECT pg_temp.claim('lim_w', 3) AS first, pg_temp.claim('lim_w', 3) AS wraps_ro
 -- a skipped handler's tasks are not claimed (a dispatcher skips disabled handlers)
 SELECT count(*) AS skipped FROM taskq._claim_queue('lim_w', 10, 1, pg_backend_pid(), ARRAY['lim_fn']);
 SELECT pg_temp.claim('lim_w', 10) AS rest;
--- a queue without concurrency limits does not mark what it claims as counted
-SELECT count(*) AS running, count(*) FILTER (WHERE limited) AS counted
-FROM taskq.tasks WHERE queue = 'lim_w' AND status = 'running';
 SELECT pg_temp.done('lim_w');
 -- NULL arguments claim nothing (the function is strict)
 SELECT count(*) AS null_queue FROM taskq._claim_queue(NULL, 10, 1, pg_backend_pid(), '{}');

@@ -883,9 +883,9 @@ by_id(const void *a, const void *b)
 static int
 mark_running(Claim *c, const Candidate *cands, int n, Tuplestorestate *store)
 {
-	Oid			types[3] = {INT8ARRAYOID, INT4OID, BOOLOID};
+	Oid			types[2] = {INT8ARRAYOID, INT4OID};
 	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
-	Datum		values[3];
+	Datum		values[2];
 	ClaimedRow *rows;
 	bool		isnull;
 	uint64		i;
@@ -894,13 +894,11 @@ mark_running(Claim *c, const Candidate *cands, int n, Tuplestorestate *store)
 		ids[i] = Int64GetDatum(cands[i].id);
 	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	values[1] = Int32GetDatum(c->pid);
-	/* counted (tasks_running_idx) only where a concurrency limit counts them */
-	values[2] = BoolGetDatum(c->q.concurrency > 0 || c->q.group_concurrency > 0);
 	execute(taskq_prepare_generic(&mark_plan,
 						  "UPDATE taskq.tasks t SET"
 						  "   status = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 						  "     THEN 'expired' ELSE 'running' END::taskq.status,"
-						  "   worker_pid = $2, started_at = pg_catalog.now(), limited = NULLIF($3, false),"
+						  "   worker_pid = $2, started_at = pg_catalog.now(), limited = true,"
 						  "   finished_at = CASE WHEN t.expires_at OPERATOR(pg_catalog.<=) pg_catalog.now()"
 						  "     THEN pg_catalog.now() END"
 						  "  WHERE t.id OPERATOR(pg_catalog.=) ANY ($1) AND t.status OPERATOR(pg_catalog.=) 'queued'"
@@ -908,7 +906,7 @@ mark_running(Claim *c, const Candidate *cands, int n, Tuplestorestate *store)
 						  "   pg_catalog.ceil(pg_catalog.date_part('epoch', t.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
 						  "   t.owner::pg_catalog.oid, t.run_at, t.payload, t.metadata,"
 						  "   t.status OPERATOR(pg_catalog.=) 'expired'",
-						  3, types),
+						  2, types),
 			values, NULL, SPI_OK_UPDATE_RETURNING, "claiming a limited queue's tasks");
 	rows = palloc(sizeof(ClaimedRow) * Max(SPI_processed, 1));
 	for (i = 0; i < SPI_processed; i++)
