@@ -182,7 +182,9 @@ class Worker:
             timeout = self.poll
             if self._inflight:
                 timeout = min(timeout, max(0.0, next_beat - time.monotonic()))
-            if self._done_since is not None:
+            # _done_since may be left set by a race with _finish: only
+            # outcomes still waiting bound the wait
+            if self._done_since is not None and not self._done.empty():
                 timeout = min(timeout, max(0.0, self._done_since + ACK_DELAY - time.monotonic()))
             if deadline is not None:
                 timeout = min(timeout, max(0.0, deadline - time.monotonic()))
